@@ -1,0 +1,19 @@
+# sedm: style-extracting diffusion models for computational pathology.
+# `snakemake --cores all` runs the demo (config.yaml); see README.md for your own cohort.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/tiling.smk"
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True

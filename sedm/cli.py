@@ -1,0 +1,63 @@
+"""The ``sedm`` command line: one subcommand per pipeline stage.
+
+Stage modules are imported only when their command runs, so ``sedm --help`` and light commands do
+not pay for importing torch. A stage module provides ``add_arguments(parser)`` and ``run(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from sedm import __version__
+from sedm.errors import InputError
+
+# command -> (module, one-line help). Keep in pipeline order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("sedm.validate", "check a config and sample sheet without computing anything"),
+    "write-config": ("sedm.write_config", "write one stage's config snapshot (used by the workflow)"),
+    "demo-cohort": ("sedm.demo.cohort", "generate the synthetic demo cohort (slides, GeoJSON, samples.tsv)"),
+    "tile": ("sedm.tiling", "tile one slide into a Zarr v3 store plus a tile table"),
+    "tiling-summary": ("sedm.tiling_summary", "aggregate the tile tables of all slides"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sedm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sedm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    top, rest = parser.parse_known_args(argv)
+    if top.command is None:
+        parser.print_help()
+        return 2
+    module_name, help_text = COMMANDS[top.command]
+    logging.basicConfig(
+        level=logging.DEBUG if top.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # sedm never downloads weights
+    module = importlib.import_module(module_name)
+    sub = argparse.ArgumentParser(prog=f"sedm {top.command}", description=help_text)
+    module.add_arguments(sub)
+    args = sub.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except InputError as exc:
+        print(f"sedm {top.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Config and sample-sheet loading with schema validation.
+
+Snakemake (``workflow/rules/common.smk``) and the CLI both go through here, so a bad config gets
+the same message whether or not Snakemake is used: the file, the key path, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pandas as pd
+import yaml
+
+from sedm.errors import InputError
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+SAMPLE_COLUMNS = ("slide_id", "patient_id", "slide_path", "annotation_path", "role")
+
+
+@cache
+def load_schema(name: str) -> dict:
+    """The JSON schema ``workflow/schemas/<name>.schema.yaml`` (shipped inside the package too)."""
+    with open(SCHEMA_DIR / f"{name}.schema.yaml") as fh:
+        return yaml.safe_load(fh)
+
+
+def _fill_defaults(schema: Mapping, value: Any) -> Any:
+    """Return ``value`` with every missing key that has a schema default filled in (recursively)."""
+    if schema.get("type") != "object" or not isinstance(value, dict):
+        return value
+    out = dict(value)
+    for key, sub in schema.get("properties", {}).items():
+        if key not in out and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        if key in out:
+            out[key] = _fill_defaults(sub, out[key])
+    return out
+
+
+def _schema_at(schema: Mapping, path: list) -> Mapping:
+    for part in path:
+        if isinstance(part, str):
+            schema = schema.get("properties", {}).get(part, {})
+        else:
+            schema = schema.get("items", {})
+    return schema
+
+
+def _raise_first(errors: list, schema: Mapping, file: str | Path | None, prefix: str = "") -> None:
+    if not errors:
+        return
+    err = min(errors, key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    path = list(err.absolute_path)
+    if err.validator == "additionalProperties":
+        known = sorted(_schema_at(schema, path).get("properties", {}))
+        field = ".".join(str(p) for p in path) or "<top level>"
+        raise InputError(file, prefix + field, err.message,
+                         f"remove or rename the key; known keys here: {', '.join(known)}")
+    sub = _schema_at(schema, path)
+    field = prefix + (".".join(str(p) for p in path) or "<top level>")
+    fix = sub.get("description") or "see workflow/schemas for the expected value"
+    if err.validator == "enum":
+        fix = f"use one of {err.validator_value}"
+    elif err.validator == "required":
+        fix = "add the missing key"
+    raise InputError(file, field, err.message, fix)
+
+
+def validate_config(config: Mapping, file: str | Path | None = None) -> dict:
+    """Validate a config mapping against the schema and return it with defaults filled in."""
+    schema = load_schema("config")
+    filled = _fill_defaults(schema, dict(config))
+    validator = jsonschema.Draft202012Validator(schema)
+    _raise_first(list(validator.iter_errors(filled)), schema, file)
+    return filled
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config file, validate it and fill defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, None, "config file does not exist", "pass the path of an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(path, None, f"not valid YAML ({exc})", "fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise InputError(path, None, "top level is not a mapping", "write key: value pairs")
+    return validate_config(data, path)
+
+
+def load_samples(path: str | Path) -> pd.DataFrame:
+    """Read and validate a sample sheet; one row per slide, indexed by ``slide_id``.
+
+    Checks every row against ``samples.schema.yaml`` and that slide IDs are unique. File existence
+    is checked by the stage that opens the file (demo slides do not exist before the demo rule).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, None, "sample sheet does not exist",
+                         "set `samples` in the config to a TSV file with columns " + ", ".join(SAMPLE_COLUMNS))
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(path, None, f"not a readable TSV ({exc})", "save the sheet as tab-separated text") from None
+    missing = [c for c in SAMPLE_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(path, ", ".join(missing), "missing column(s)",
+                         "the header must name " + ", ".join(SAMPLE_COLUMNS))
+    df = df.apply(lambda col: col.str.strip())
+    schema = load_schema("samples")
+    validator = jsonschema.Draft202012Validator(schema)
+    for i, row in enumerate(df.to_dict("records")):
+        _raise_first(list(validator.iter_errors(row)), schema, path, prefix=f"row {i + 2} ")
+    dup = df["slide_id"][df["slide_id"].duplicated()].unique().tolist()
+    if dup:
+        raise InputError(path, "slide_id", f"duplicate slide_id {dup}", "give every slide a unique slide_id")
+    needs_ann = df[(df["role"] != "unlabelled") & (df["annotation_path"] == "")]
+    if len(needs_ann):
+        raise InputError(path, f"row {needs_ann.index[0] + 2} annotation_path",
+                         f"slide {needs_ann['slide_id'].iloc[0]!r} has role {needs_ann['role'].iloc[0]!r} "
+                         "but no annotation", "give labelled and test slides a GeoJSON, or mark the slide unlabelled")
+    return df.set_index("slide_id", drop=False)
+
+
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "demo": ("demo",),
+    "tiling": ("classes", "slides", "tissue", "tiling"),
+}
+"""Config sections each stage reads. The workflow snapshots them per stage (``sedm write-config``),
+so changing a section reruns exactly the stages that read it and everything downstream."""
+
+
+def stage_config(config: Mapping, stage: str) -> dict:
+    """The part of a validated config that ``stage`` depends on, plus the sedm version."""
+    from sedm import __version__
+
+    if stage not in STAGE_SECTIONS:
+        raise InputError(None, "stage", f"unknown stage {stage!r}", f"use one of {sorted(STAGE_SECTIONS)}")
+    snap = {key: copy.deepcopy(config[key]) for key in STAGE_SECTIONS[stage]}
+    snap["sedm_version"] = __version__
+    return snap

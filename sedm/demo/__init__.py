@@ -1,0 +1,1 @@
+"""The synthetic demo cohort: H&E-like pyramidal TIFF slides with QuPath annotations."""

@@ -1,0 +1,34 @@
+"""Label values shared by every stage: the single place that defines them.
+
+Stored label masks (tile stores, synthetic stores, predictions) use
+
+* ``UNANNOTATED`` (0): pixels no annotation covers. Losses and metrics ignore them.
+* ``1 .. K``: the classes of the config's ``classes`` list, in that order.
+
+Layout one-hot tensors for the diffusion model have ``K + 1`` channels: channel 0 is the
+"unannotated" channel and channel k is class k, so label value == channel index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+UNANNOTATED = 0
+"""Label value of pixels without annotation; ignored by segmentation losses and metrics."""
+
+
+def class_values(classes: list[str]) -> dict[str, int]:
+    """Map each class name to its stored label value (1-based, config order)."""
+    return {name: i + 1 for i, name in enumerate(classes)}
+
+
+def n_layout_channels(classes: list[str]) -> int:
+    """Channels of a one-hot layout: every class plus the unannotated channel."""
+    return len(classes) + 1
+
+
+def one_hot(labels: np.ndarray, n_channels: int) -> np.ndarray:
+    """(..., H, W) uint8 labels -> (..., C, H, W) float32 one-hot with C = ``n_channels``."""
+    eye = np.eye(n_channels, dtype=np.float32)
+    out = eye[labels.astype(np.int64)]
+    return np.moveaxis(out, -1, -3)
