@@ -33,6 +33,17 @@ class paths:
     tile_table = R + "/tiles/{slide}.tiles.parquet"
     tissue_qc = R + "/tiles/{slide}.qc.png"
     tiling_summary = R + "/tiles/summary.tsv"
+    diffusion_model = R + "/diffusion/model"  # directory: config.json + weights (EMA)
+    diffusion_run = R + "/diffusion/run"  # directory: checkpoints, train_log.csv, sample grids
+    synthetic = R + "/synthesis/{slide}.zarr"
+    synthesis_montage = R + "/synthesis/{slide}.montage.png"
+    seg_model = R + "/segmentation/{arm}/model"
+    seg_run = R + "/segmentation/{arm}/run"
+    prediction = R + "/predictions/{arm}/{slide}.zarr"
+    prediction_overlay = R + "/predictions/{arm}/{slide}.overlay.png"
+    prediction_geojson = R + "/predictions/{arm}/{slide}.geojson"
+    eval_dir = R + "/eval"
+    report = R + "/report/report.html"
     log = "logs/{rule}/{name}.log"
     bench = R + "/benchmarks/{rule}/{name}.tsv"
 

@@ -1,0 +1,117 @@
+"""Config and sample-sheet validation: every bad input names the file, the field and the fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from sedm.cli import main
+from sedm.config import load_config, load_samples, stage_config, validate_config
+from sedm.errors import InputError
+
+HEADER = "slide_id\tpatient_id\tslide_path\tannotation_path\trole\n"
+
+
+def write_sheet(tmp_path, rows: list[str], header: str = HEADER):
+    path = tmp_path / "samples.tsv"
+    path.write_text(header + "".join(r + "\n" for r in rows))
+    return path
+
+
+def test_shipped_config_is_valid_and_complete(repo):
+    cfg = load_config(repo / "config.yaml")
+    assert cfg["tiling"]["mpp"] > 0
+    # every section of the schema is present after filling defaults
+    schema = yaml.safe_load((repo / "workflow/schemas/config.schema.yaml").read_text())
+    assert set(schema["properties"]) - {"sedm_version"} <= set(cfg)
+
+
+def test_defaults_are_filled_recursively():
+    cfg = validate_config({"tiling": {"mpp": 2.0}})
+    assert cfg["tiling"]["mpp"] == 2.0
+    assert cfg["tiling"]["tile_size"] == 256
+    assert cfg["slides"]["backend"] == "auto"
+
+
+@pytest.mark.parametrize(
+    ("config", "field", "fix_part"),
+    [
+        ({"tiling": {"mpp": -1}}, "tiling.mpp", "µm/px"),
+        ({"tiling": {"tile_size": "big"}}, "tiling.tile_size", "tile"),
+        ({"slides": {"backend": "bioformats"}}, "slides.backend", "openslide"),
+        ({"tilling": {}}, "<top level>", "tiling"),
+        ({"tiling": {"mp": 1.0}}, "tiling", "mpp"),
+        ({"classes": []}, "classes", "class"),
+    ],
+)
+def test_bad_config_names_field_and_fix(tmp_path, config, field, fix_part):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(InputError) as exc:
+        load_config(path)
+    assert exc.value.file == str(path)
+    assert exc.value.field == field
+    assert fix_part in exc.value.fix
+    assert str(path) in str(exc.value)
+
+
+def test_config_not_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("tiling: [unclosed")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_valid_sheet(tmp_path):
+    path = write_sheet(tmp_path, ["A1\tP1\ta.tiff\ta.geojson\tlabelled", "B-2.x\tP2\tb.svs\t\tunlabelled"])
+    df = load_samples(path)
+    assert df.index.tolist() == ["A1", "B-2.x"]
+    assert df.loc["B-2.x", "annotation_path"] == ""
+
+
+@pytest.mark.parametrize(
+    ("rows", "header", "field", "problem"),
+    [
+        (["A1\tP1\ta.tiff\ta.json\tlabelled", "A1\tP2\tb.tiff\tb.json\ttest"], HEADER, "slide_id", "duplicate"),
+        (["A/1\tP1\ta.tiff\ta.json\tlabelled"], HEADER, "row 2 slide_id", "does not match"),
+        (["A 1\tP1\ta.tiff\ta.json\tlabelled"], HEADER, "row 2 slide_id", "does not match"),
+        (["A1\tP1\ta.tiff\ta.json\ttrain"], HEADER, "row 2 role", "is not one of"),
+        (["A1\tP1\ta.tiff\t\ttest"], HEADER, "row 2 annotation_path", "no annotation"),
+        (["A1\tP1\ta.tiff\tlabelled"], "slide_id\tpatient_id\tslide_path\trole\n", "annotation_path", "missing"),
+        (["A1\tP1\t\ta.json\tlabelled"], HEADER, "row 2 slide_path", "should be non-empty"),
+    ],
+)
+def test_bad_sheet(tmp_path, rows, header, field, problem):
+    path = write_sheet(tmp_path, rows, header)
+    with pytest.raises(InputError) as exc:
+        load_samples(path)
+    assert exc.value.field == field
+    assert problem in exc.value.problem
+    assert exc.value.file == str(path)
+
+
+def test_missing_sheet(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_samples(tmp_path / "nope.tsv")
+
+
+def test_cli_validate_reports_one_line_error(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    sheet = write_sheet(tmp_path, ["A1\tP1\ta.tiff\ta.json\tlabelled", "A1\tP1\ta.tiff\ta.json\tlabelled"])
+    cfg.write_text(yaml.safe_dump({"samples": str(sheet)}))
+    assert main(["validate", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "duplicate slide_id" in err and str(sheet) in err
+
+
+def test_stage_snapshot_holds_only_its_sections(tmp_path):
+    cfg = validate_config({})
+    snap = stage_config(cfg, "tiling")
+    assert set(snap) == {"classes", "slides", "tissue", "tiling", "sedm_version"}
+    out = tmp_path / "tiling.json"
+    assert main(["write-config", "--stage", "tiling", "--json", json.dumps(cfg), "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == json.loads(json.dumps(snap))
+    # the snapshot is itself a valid (partial) config
+    assert load_config(out)["tiling"] == cfg["tiling"]
