@@ -1,0 +1,207 @@
+"""QuPath GeoJSON annotations: loading with clear errors, and rasterising windows into label masks.
+
+What :func:`load_geojson` accepts (QuPath 0.2 - 0.5 "Export objects as GeoJSON"):
+
+* a FeatureCollection, a JSON list of Features, or a single Feature;
+* geometries Polygon, MultiPolygon (holes kept) and GeometryCollection (its polygonal parts);
+  lines and points carry no area and are skipped with a warning;
+* the class from ``properties.classification.name`` (or ``properties.classification`` given as a
+  string). The free-text ``properties.name`` is *not* a class: it is what a user typed ("Tumor 1");
+* only objects whose ``properties.objectType`` is ``"annotation"`` (or absent): detections, cells,
+  tiles and TMA cores are per-cell outputs of QuPath's own analyses, not region labels, and are
+  skipped (counted in a log line);
+* unclassified annotations are skipped with a warning; every remaining class must be in the
+  config's ``classes`` (one InputError lists all unknown names);
+* invalid geometries (self-crossing outlines) are repaired with ``shapely.make_valid``, which keeps
+  both lobes of a figure-eight where ``buffer(0)`` would drop one; a geometry that has no area
+  left after repair is an InputError.
+
+Coordinates are level-0 pixels, as QuPath exports them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.geometry import MultiPolygon, Polygon, box, shape
+from shapely.geometry.base import BaseGeometry
+
+from sedm.errors import InputError
+from sedm.labels import UNANNOTATED, class_values
+
+log = logging.getLogger(__name__)
+
+_REGION_TYPES = {None, "annotation"}
+_FIX_JSON = "export the annotations again from QuPath (File > Export objects as GeoJSON)"
+
+
+@dataclass(frozen=True)
+class Annotation:
+    class_name: str
+    geometry: BaseGeometry  # Polygon or MultiPolygon, level-0 pixel coordinates
+
+
+def load_geojson(path: str | Path, classes: list[str]) -> list[Annotation]:
+    """Classified polygon annotations of a QuPath GeoJSON export, validated against ``classes``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, None, "annotation file not found", "check annotation_path in the sample sheet")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(path, None, f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}", _FIX_JSON) from e
+    except UnicodeDecodeError as e:
+        raise InputError(path, None, f"not a UTF-8 text file (byte {e.start})", _FIX_JSON) from e
+    features = _features(path, data)
+    out: list[Annotation] = []
+    skipped: Counter[str] = Counter()
+    unknown: set[str] = set()
+    for i, feat in enumerate(features):
+        props = feat.get("properties")
+        props = props if isinstance(props, dict) else {}
+        kind = props.get("objectType")
+        if kind not in _REGION_TYPES:
+            skipped[f"objectType {kind}"] += 1
+            continue
+        name = _class_name(props)
+        if name is None:
+            skipped["unclassified"] += 1
+            continue
+        geom = _polygonal(path, i, feat.get("geometry"))
+        if geom is None:
+            skipped["without polygon (point/line/empty)"] += 1
+            continue
+        if name not in classes:
+            unknown.add(name)
+        out.append(Annotation(name, geom))
+    if skipped:
+        log.warning("%s: skipped %s", path, ", ".join(f"{n} x {why}" for why, n in sorted(skipped.items())))
+    if unknown:
+        raise InputError(path, "properties.classification.name",
+                         f"unknown classes {sorted(unknown)}; the config's classes are {list(classes)}",
+                         "add them to the config `classes` list or rename them in QuPath")
+    if not out:
+        why = f" (skipped: {dict(skipped)})" if skipped else ""
+        raise InputError(path, "features", f"no classified polygon annotations{why}",
+                         "annotate regions with polygons/brushes and assign a class in QuPath before exporting")
+    return out
+
+
+def _features(path: Path, data: Any) -> list[dict]:
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        data = data.get("features")
+    elif isinstance(data, dict) and data.get("type") == "Feature":
+        data = [data]
+    if not isinstance(data, list) or not all(isinstance(f, dict) for f in data):
+        raise InputError(path, "type", "expected a GeoJSON FeatureCollection, a list of Features or a Feature",
+                         _FIX_JSON)
+    return data
+
+
+def _class_name(props: dict) -> str | None:
+    cls = props.get("classification")
+    if isinstance(cls, dict):
+        cls = cls.get("name")
+    return cls if isinstance(cls, str) and cls else None
+
+
+def _polygonal(path: Path, index: int, geometry: Any) -> BaseGeometry | None:
+    """The polygonal part of a GeoJSON geometry (repaired), or None when it has no polygon at all."""
+    if not geometry:
+        return None
+    try:
+        geom = shape(geometry)
+    except Exception as e:  # shapely raises several types for malformed coordinate lists
+        raise InputError(path, f"features[{index}].geometry", f"malformed geometry ({e})", _FIX_JSON) from e
+    parts = [p for p in shapely.get_parts(geom) if isinstance(p, (Polygon, MultiPolygon))]
+    if not parts:
+        return None  # points, lines
+    repaired = [q for p in parts for q in shapely.get_parts(p if p.is_valid else shapely.make_valid(p))
+                if isinstance(q, (Polygon, MultiPolygon))]
+    merged = shapely.union_all(repaired) if repaired else None
+    if merged is None or merged.area <= 0:
+        raise InputError(path, f"features[{index}].geometry",
+                         f"polygon without area even after repair ({shapely.is_valid_reason(geom)})",
+                         "redraw this annotation in QuPath")
+    return merged
+
+
+# -- rasterisation --------------------------------------------------------------------------------
+@dataclass
+class AnnotationIndex:
+    """Annotations with their label values, sorted largest first, plus a bounding-box tree.
+
+    Build it once per slide and pass it to :func:`rasterize` for every window; passing the plain list
+    works too but rebuilds this each call.
+    """
+
+    annotations: list[Annotation]
+    classes: list[str]
+    values: np.ndarray = field(init=False)
+    tree: shapely.STRtree = field(init=False)
+
+    def __post_init__(self) -> None:
+        lut = class_values(self.classes)
+        missing = {a.class_name for a in self.annotations} - lut.keys()
+        if missing:
+            raise ValueError(f"annotations of classes {sorted(missing)} not in {self.classes}")
+        # Larger first so that smaller, nested annotations (a tumour island in stroma) are drawn on top.
+        self.annotations = sorted(self.annotations, key=lambda a: -a.geometry.area)
+        self.values = np.array([lut[a.class_name] for a in self.annotations], dtype=np.uint8)
+        self.tree = shapely.STRtree([a.geometry for a in self.annotations])
+
+
+def rasterize(annotations: list[Annotation] | AnnotationIndex, classes: list[str], shape: tuple[int, int],
+              scale: float, offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """(H, W) uint8 label mask of a window in *target* pixels (target = level-0 px * ``scale``).
+
+    ``offset`` = (y0, x0) is the window's top-left in target pixels. Pixel (i, j) covers
+    [x0 + j, x0 + j + 1) x [y0 + i, y0 + i + 1) and takes the value of the last-drawn annotation
+    containing its centre (largest drawn first, so nested smaller ones win; holes show what lies
+    beneath, UNANNOTATED if nothing). A centre exactly on an edge counts as inside on the left/top
+    edge and outside on the right/bottom one, so abutting annotations never both claim a pixel.
+    """
+    index = annotations if isinstance(annotations, AnnotationIndex) else AnnotationIndex(list(annotations), classes)
+    if list(index.classes) != list(classes):
+        raise ValueError(f"index built for classes {index.classes}, asked for {classes}")
+    h, w = shape
+    y0, x0 = offset
+    out = np.full((h, w), UNANNOTATED, dtype=np.uint8)
+    window = box(x0 / scale, y0 / scale, (x0 + w) / scale, (y0 + h) / scale)
+    for k in np.sort(index.tree.query(window)):  # tree order == largest-first order
+        rings = shapely.get_rings(shapely.get_parts(index.annotations[k].geometry))
+        xy, ring = shapely.get_coordinates(rings, return_index=True)
+        xy = xy * scale - (x0, y0)
+        same = ring[1:] == ring[:-1]
+        out[_even_odd_fill(xy[:-1][same], xy[1:][same], h, w)] = index.values[k]
+    return out
+
+
+def _even_odd_fill(p0: np.ndarray, p1: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Scanline fill of the pixel centres inside the closed edges p0 -> p1 (all rings, holes included).
+
+    Each edge crosses the centre rows y = i + 0.5 with lo <= y < hi (half-open, so a vertex on a row
+    counts once); crossings are sorted per row and paired, and the centres x = j + 0.5 with
+    xa <= x < xb between each pair are set.
+    """
+    ya, yb = p0[:, 1], p1[:, 1]
+    r0 = np.clip(np.ceil(np.minimum(ya, yb) - 0.5), 0, h).astype(np.int64)
+    r1 = np.clip(np.ceil(np.maximum(ya, yb) - 0.5), 0, h).astype(np.int64)
+    n = r1 - r0
+    edge = np.repeat(np.arange(len(n)), n)
+    row = r0[edge] + np.arange(len(edge)) - np.repeat(np.cumsum(n) - n, n)
+    t = (row + 0.5 - ya[edge]) / (yb - ya)[edge]
+    x = p0[edge, 0] + t * (p1[edge, 0] - p0[edge, 0])
+    order = np.lexsort((x, row))
+    row, col = row[order], np.clip(np.ceil(x[order] - 0.5), 0, w).astype(np.int64)
+    diff = np.zeros((h, w + 1), dtype=np.int32)
+    np.add.at(diff, (row[0::2], col[0::2]), 1)
+    np.add.at(diff, (row[1::2], col[1::2]), -1)
+    return np.cumsum(diff[:, :w], axis=1) > 0

@@ -1,0 +1,144 @@
+"""The report's figures, as PNG bytes.
+
+Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot global state, no
+display needed) and saved without a timestamp or version stamp, so the same inputs give
+byte-identical PNGs and the report is reproducible.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless on clusters; must precede any pyplot import elsewhere
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+DPI = 100
+_STYLE = {
+    "font.size": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+}
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None}, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _figure(width: float, height: float) -> Figure:
+    with matplotlib.rc_context(_STYLE):
+        return Figure(figsize=(width, height), layout="constrained")
+
+
+def _colours(n: int) -> list:
+    cmap = matplotlib.colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def training_curves(log: pd.DataFrame, step_col: str, loss_cols: Sequence[str], lr_col: str | None) -> bytes:
+    """Loss vs optimizer step (raw, faint, plus a rolling mean) and, when logged, the learning rate.
+
+    Diffusion losses are noisy per step; the rolling mean over ~2% of the run shows the trend.
+    """
+    with matplotlib.rc_context(_STYLE):
+        fig = _figure(6.4, 4.4 if lr_col else 3.4)
+        if lr_col:
+            ax, ax_lr = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+        else:
+            ax, ax_lr = fig.subplots(1, 1), None
+        steps = log[step_col].to_numpy()
+        window = max(1, len(log) // 50)
+        for colour, col in zip(_colours(len(loss_cols)), loss_cols):
+            values = pd.to_numeric(log[col], errors="coerce")
+            ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)
+            smooth = values.rolling(window, min_periods=1).mean()
+            ax.plot(steps, smooth, color=colour, linewidth=1.6, label=f"{col} (rolling mean over {window} log rows)")
+        positive = np.concatenate([pd.to_numeric(log[c], errors="coerce").to_numpy() for c in loss_cols])
+        positive = positive[np.isfinite(positive)]
+        if len(positive) and (positive > 0).all() and positive.max() / positive.min() > 20:
+            ax.set_yscale("log")
+        ax.set_ylabel("loss")
+        ax.legend(loc="upper right", frameon=False)
+        if ax_lr is not None:
+            ax_lr.plot(steps, pd.to_numeric(log[lr_col], errors="coerce"), color="0.3", linewidth=1.2)
+            ax_lr.set_ylabel(lr_col)
+            ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0), useOffset=False)
+            ax_lr.set_xlabel(step_col)
+        else:
+            ax.set_xlabel(step_col)
+        return _png(fig)
+
+
+def per_patient_box(values: pd.DataFrame, arms: Sequence[str], metric: str) -> bytes:
+    """Box plot per arm with every patient drawn as a point (``values``: columns arm, patient, value).
+
+    Each point is one patient, so the spread between patients (the quantity the evaluation is
+    about) is visible rather than summarised away. Jitter is seeded: the figure is deterministic.
+    """
+    rng = np.random.default_rng(0)
+    with matplotlib.rc_context(_STYLE):
+        fig = _figure(max(4.0, 1.2 * len(arms) + 1.5), 3.6)
+        ax = fig.subplots()
+        data = [values.loc[values["arm"] == arm, "value"].dropna().to_numpy() for arm in arms]
+        ax.boxplot(data, positions=range(len(arms)), widths=0.5, showfliers=False,
+                   medianprops={"color": "black"})
+        for i, (colour, points) in enumerate(zip(_colours(len(arms)), data)):
+            jitter = rng.uniform(-0.15, 0.15, size=len(points))
+            ax.scatter(i + jitter, points, s=22, color=colour, edgecolor="black", linewidth=0.4, zorder=3)
+        ax.set_xticks(range(len(arms)), labels=list(arms))
+        ax.set_ylabel(f"per-patient {metric}")
+        ax.set_xlabel("arm")
+        return _png(fig)
+
+
+def per_patient_bars(values: pd.DataFrame, arms: Sequence[str], patients: Sequence[str], metric: str) -> bytes:
+    """Grouped bars: one group per patient, one bar per arm, to see which patients an arm helps."""
+    table = values.pivot_table(index="patient", columns="arm", values="value", aggfunc="mean")
+    table = table.reindex(index=list(patients), columns=list(arms))
+    with matplotlib.rc_context(_STYLE):
+        fig = _figure(min(13.0, max(5.0, 0.3 * len(patients) * max(1, len(arms)) + 2)), 3.6)
+        ax = fig.subplots()
+        width = 0.8 / max(1, len(arms))
+        x = np.arange(len(patients))
+        for j, (colour, arm) in enumerate(zip(_colours(len(arms)), arms)):
+            ax.bar(x + (j - (len(arms) - 1) / 2) * width, table[arm].to_numpy(), width, color=colour, label=arm)
+        ax.set_xticks(x, labels=list(patients), rotation=45 if len(patients) > 8 else 0, ha="right"
+                      if len(patients) > 8 else "center")
+        ax.set_ylabel(metric)
+        ax.set_xlabel("patient")
+        ax.legend(frameon=False, ncols=min(len(arms), 4), loc="lower left", bbox_to_anchor=(0, 1))
+        return _png(fig)
+
+
+def arm_training_curves(logs: dict[str, pd.DataFrame], loss_col: str, val_col: str | None) -> bytes:
+    """Segmentation training per arm: loss (rolling mean) and, when logged, validation score."""
+    with matplotlib.rc_context(_STYLE):
+        fig = _figure(6.4, 3.4)
+        axes = fig.subplots(1, 2 if val_col else 1)
+        ax, ax_val = (axes[0], axes[1]) if val_col else (axes, None)
+        for colour, (arm, log) in zip(_colours(len(logs)), logs.items()):
+            loss = pd.to_numeric(log[loss_col], errors="coerce")
+            window = max(1, len(log) // 50)
+            ax.plot(log["step"], loss.rolling(window, min_periods=1).mean(), color=colour, linewidth=1.4, label=arm)
+            if ax_val is not None and val_col in log.columns:
+                val = pd.to_numeric(log[val_col], errors="coerce")
+                keep = val.notna()
+                ax_val.plot(log["step"][keep], val[keep], color=colour, linewidth=1.4, marker="o", markersize=3)
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"{loss_col} (rolling mean)")
+        ax.legend(frameon=False)
+        if ax_val is not None:
+            ax_val.set_xlabel("step")
+            ax_val.set_ylabel(val_col)
+        return _png(fig)

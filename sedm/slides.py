@@ -1,0 +1,302 @@
+"""Whole-slide reading at a stated resolution, the same through openslide and tiffslide.
+
+Every read names its µm/px: ``read(x, y, w, h, mpp)`` returns the window whose top-left and size
+are pixels *at that µm/px*, so callers never reason about pyramid levels or level-0 coordinates.
+The window is read from the coarsest level that is still at least as fine as the request (one
+backend call) and resampled; pixels outside the slide come back as white glass, like the empty
+chunks of a sedm store.
+
+µm/px policy (:func:`open_slide`): the file's own value wins (``openslide.mpp-x`` /
+``tiffslide.mpp-x``, else the TIFF resolution tags); ``mpp_override`` is used only when the file
+has none, and a disagreeing override is logged, not applied. A file value outside
+``PLAUSIBLE_MPP`` (e.g. a 72 dpi print default, 352.8 µm/px) counts as missing, because tiling at
+it would silently produce garbage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from sedm.errors import InputError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "openslide", "tiffslide")
+MPP_RTOL = 0.01
+"""Two µm/px closer than this (relative) count as equal: level choice, fast path, override check."""
+PLAUSIBLE_MPP = (0.01, 50.0)
+"""Level-0 µm/px a scanner can produce; values outside are print-resolution defaults, not metadata."""
+_TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+_MPP_FIX = "set slides.mpp_override in the config"
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= MPP_RTOL * b
+
+
+class SlideReader(ABC):
+    """An open slide. Use :func:`open_slide`; subclasses only differ in how one level region is read."""
+
+    backend: str
+
+    def __init__(self, path: Path, handle: Any, mpp: float, mpp_source: str) -> None:
+        self.path = path
+        self._handle = handle
+        self.mpp = mpp
+        self.mpp_source = mpp_source  # provenance: "<backend>.mpp-x", "tiff-resolution" or "override"
+        self.dimensions: tuple[int, int] = tuple(handle.dimensions)
+        self.level_count: int = handle.level_count
+        self.level_dimensions: list[tuple[int, int]] = [tuple(d) for d in handle.level_dimensions]
+        self.level_downsamples: list[float] = [float(d) for d in handle.level_downsamples]
+
+    # -- geometry ---------------------------------------------------------------------------------
+    def level_mpp(self, level: int) -> float:
+        return self.mpp * self.level_downsamples[level]
+
+    def best_level(self, mpp: float) -> int:
+        """Coarsest level at least as fine as ``mpp`` (1 % tolerance); 0 when ``mpp`` is finer than level 0.
+
+        Reading finer and downsampling keeps detail; reading coarser would upsample a blurred level.
+        """
+        fine_enough = [k for k in range(self.level_count) if self.level_mpp(k) <= mpp * (1 + MPP_RTOL)]
+        return max(fine_enough, key=self.level_mpp, default=0)
+
+    def dimensions_at(self, mpp: float) -> tuple[int, int]:
+        """(width, height) of the whole slide at ``mpp`` µm/px (rounded, at least 1)."""
+        f = self.mpp / mpp
+        return max(1, round(self.dimensions[0] * f)), max(1, round(self.dimensions[1] * f))
+
+    # -- pixels -----------------------------------------------------------------------------------
+    def read(self, x: int, y: int, width: int, height: int, mpp: float) -> np.ndarray:
+        """(height, width, 3) uint8 RGB window at ``mpp`` µm/px, top-left (x, y) in pixels at ``mpp``.
+
+        One backend call at :meth:`best_level`; when that level's µm/px equals ``mpp`` (1 %) its pixels
+        are returned as they are, otherwise the exact sub-pixel box is resampled (box filter ~ area
+        mean when shrinking, bilinear when the request is finer than level 0).
+        """
+        if width <= 0 or height <= 0 or mpp <= 0:
+            raise ValueError(f"read needs a positive size and µm/px, got {width}x{height} at {mpp}")
+        level = self.best_level(mpp)
+        f = mpp / self.level_mpp(level)  # level pixels per output pixel
+        if _close(mpp, self.level_mpp(level)):
+            return self._read_padded(level, x, y, width, height)
+        box = (x * f, y * f, (x + width) * f, (y + height) * f)
+        x0, y0 = math.floor(box[0]) - 1, math.floor(box[1]) - 1  # 1 px margin for the bilinear support
+        x1, y1 = math.ceil(box[2]) + 1, math.ceil(box[3]) + 1
+        src = self._read_padded(level, x0, y0, x1 - x0, y1 - y0)
+        resample = Image.Resampling.BOX if f >= 1 else Image.Resampling.BILINEAR
+        out = Image.fromarray(src).resize((width, height), resample,
+                                          box=(box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0))
+        return np.asarray(out)
+
+    def thumbnail(self, mpp: float, max_pixels: int = 2**24) -> np.ndarray:
+        """Whole slide at ``mpp`` µm/px, (H, W, 3) uint8, read in row bands of at most ``max_pixels``
+        source pixels so a slide without coarse levels does not need level 0 in memory at once."""
+        width, height = self.dimensions_at(mpp)
+        f = mpp / self.level_mpp(self.best_level(mpp))
+        rows = max(1, int(max_pixels / (width * f * f)))
+        return np.concatenate([self.read(0, y, width, min(rows, height - y), mpp)
+                               for y in range(0, height, rows)], axis=0)
+
+    def _read_padded(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """Level pixels [x, x+width) x [y, y+height) as RGB; outside the level is white."""
+        lw, lh = self.level_dimensions[level]
+        cx0, cy0, cx1, cy1 = max(x, 0), max(y, 0), min(x + width, lw), min(y + height, lh)
+        inside = cx1 > cx0 and cy1 > cy0
+        region = None
+        if inside:
+            try:
+                region = self._read_level(level, cx0, cy0, cx1 - cx0, cy1 - cy0)
+            except Exception as e:  # a corrupt tile surfaces here, as whatever the codec raises
+                raise InputError(self.path, None, f"cannot read level {level} at ({cx0}, {cy0}) with "
+                                 f"{self.backend}: {type(e).__name__}: {e}",
+                                 "the slide file is damaged; copy or export it again") from e
+            region = _rgb_on_white(region)
+            if (cx0, cy0, cx1, cy1) == (x, y, x + width, y + height):
+                return region
+        out = np.full((height, width, 3), 255, dtype=np.uint8)
+        if region is not None:
+            out[cy0 - y:cy1 - y, cx0 - x:cx1 - x] = region
+        return out
+
+    @abstractmethod
+    def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """(height, width, 3 or 4) uint8 of level pixels, the box lying inside the level."""
+
+    # -- lifetime ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> SlideReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({str(self.path)!r}, backend={self.backend!r}, mpp={self.mpp:g}, "
+                f"dimensions={self.dimensions}, levels={self.level_count})")
+
+
+class OpenSlideReader(SlideReader):
+    backend = "openslide"
+
+    def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        # openslide takes a level-0 origin and interpolates when it does not land on a level pixel;
+        # with integer downsamples round() lands exactly, otherwise the offset is under half a pixel.
+        ds = self.level_downsamples[level]
+        img = self._handle.read_region((round(x * ds), round(y * ds)), level, (width, height))
+        return np.asarray(img)
+
+
+class TiffSlideReader(SlideReader):
+    backend = "tiffslide"
+
+    def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        # tiffslide truncates origin / downsample, so pick the smallest level-0 origin that maps onto x.
+        ds = self.level_downsamples[level]
+        loc = []
+        for v in (x, y):
+            v0 = math.ceil(v * ds)
+            while int(v0 / ds) < v:
+                v0 += 1
+            loc.append(v0)
+        arr = self._handle.read_region(tuple(loc), level, (width, height), as_array=True, padding=False)
+        return np.asarray(arr, dtype=np.uint8)
+
+
+def _rgb_on_white(region: np.ndarray) -> np.ndarray:
+    """RGB(A) uint8 -> RGB with transparent pixels (openslide's outside-the-scan) composited onto white."""
+    if region.ndim == 2:
+        return np.repeat(region[..., None], 3, axis=2)
+    if region.shape[2] == 3:
+        return region
+    rgb, alpha = region[..., :3], region[..., 3:4]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    a = alpha.astype(np.uint16)
+    return ((rgb.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+# -- opening --------------------------------------------------------------------------------------
+def open_slide(path: str | Path, backend: str = "auto", mpp_override: float | None = None) -> SlideReader:
+    """Open a slide and settle its level-0 µm/px (see the module docstring for the policy).
+
+    ``backend="auto"`` tries openslide, then tiffslide. Missing, unreadable or truncated files, an
+    unknown backend and an unknown µm/px all raise :class:`InputError` here, before any compute.
+    """
+    path = Path(path)
+    if backend not in BACKENDS:
+        raise InputError(None, "slides.backend", f"unknown backend {backend!r}", f"use one of {', '.join(BACKENDS)}")
+    if not path.is_file():
+        raise InputError(path, None, "slide file not found", "check slide_path in the sample sheet")
+    if _is_tiff(path):
+        _check_tiff_complete(path)
+    errors: list[str] = []
+    reader: SlideReader | None = None
+    for name in ("openslide", "tiffslide") if backend == "auto" else (backend,):
+        try:
+            reader = _open_with(name, path)
+            break
+        except Exception as e:  # each library has its own "cannot open" exception
+            errors.append(f"{name}: {type(e).__name__}: {e}")
+    if reader is None:
+        raise InputError(path, None, "not a slide that can be opened (" + "; ".join(errors) + ")",
+                         "check that the file is a complete whole-slide image, or convert it to a pyramidal TIFF")
+    try:
+        reader.mpp, reader.mpp_source = _settle_mpp(path, reader, mpp_override)
+    except BaseException:
+        reader.close()
+        raise
+    return reader
+
+
+def _open_with(name: str, path: Path) -> SlideReader:
+    if name == "openslide":
+        import openslide  # the shared library comes from openslide-bin; importing may fail without it
+
+        if openslide.OpenSlide.detect_format(str(path)) is None:
+            raise ValueError("format not recognised")
+        # OpenSlide(), not openslide.open_slide(): the latter falls back to PIL and hides broken files
+        handle = openslide.OpenSlide(str(path))
+        return OpenSlideReader(path, handle, math.nan, "")
+    import tiffslide
+
+    return TiffSlideReader(path, tiffslide.TiffSlide(str(path)), math.nan, "")
+
+
+def _settle_mpp(path: Path, reader: SlideReader, override: float | None) -> tuple[float, str]:
+    props = reader._handle.properties
+    key = f"{reader.backend}.mpp"
+    found, source = None, ""
+    candidates = ((f"{key}-x", lambda: props.get(f"{key}-x")), ("tiff-resolution", lambda: tiff_resolution_mpp(path)))
+    for src, get in candidates:  # lazily: the tags are only parsed when the backend has no value
+        value = get()
+        if value is None:
+            continue
+        value = float(value)
+        if PLAUSIBLE_MPP[0] <= value <= PLAUSIBLE_MPP[1]:
+            found, source = value, src
+            break
+        log.warning("%s: ignoring implausible µm/px %g from %s", path, value, src)
+    if found is not None:
+        mpp_y = props.get(f"{key}-y")
+        if source.endswith("-x") and mpp_y is not None and not _close(float(mpp_y), found):
+            log.warning("%s: pixels are not square (%g x %g µm); using %g", path, found, float(mpp_y), found)
+        if override is not None and not _close(override, found):
+            log.warning("%s: slides.mpp_override %g differs from the file's %g µm/px (%s); the file's value "
+                        "is used, the override only applies to files without one", path, override, found, source)
+        return found, source
+    if override is not None:
+        return float(override), "override"
+    raise InputError(path, "mpp", "the slide has no µm/px (no mpp property nor TIFF resolution tags)", _MPP_FIX)
+
+
+def _is_tiff(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) in _TIFF_MAGIC
+
+
+def tiff_resolution_mpp(path: str | Path) -> float | None:
+    """µm/px from the first page's XResolution + ResolutionUnit (INCH or CENTIMETER); None without them."""
+    import tifffile
+
+    path = Path(path)
+    if not _is_tiff(path):
+        return None
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages.first.tags
+        res, unit = tags.get("XResolution"), tags.get("ResolutionUnit")
+        if res is None or unit is None:
+            return None
+        num, den = res.value
+        um_per_unit = {2: 25400.0, 3: 10000.0}.get(int(unit.value))
+        if um_per_unit is None or num <= 0 or den <= 0:
+            return None
+        return um_per_unit * den / num
+
+
+def _check_tiff_complete(path: Path) -> None:
+    """A truncated TIFF opens fine and then fails inside a codec mid-job; check every tile is on disk."""
+    import tifffile
+
+    size = path.stat().st_size
+    fix = "the file is damaged or was not copied completely; copy or export it again"
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for i, page in enumerate(tif.pages):
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
+                if ends and max(ends) > size:
+                    raise InputError(path, None, f"truncated TIFF: page {i} needs {max(ends)} bytes, the file "
+                                     f"has {size}", fix)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(path, None, f"corrupt TIFF structure ({type(e).__name__}: {e})", fix) from e
