@@ -1,0 +1,115 @@
+"""Per-patient stain styles for the demo cohort (Beer–Lambert H&E rendering parameters).
+
+Stain variation between patients is what STEDM transfers, so the demo makes it explicit: every
+patient gets its own absorbance vectors, stain amounts, glass tint, optics blur, sensor noise and
+JPEG quality. Labelled patients are drawn from a NARROW range around the standard (Ruifrok)
+stain, unlabelled and test patients from a WIDE one, so test patients carry styles a model trained
+on the labelled slides alone has never seen, which is the situation the method is meant for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sedm.demo.seeds import rng_for
+
+RUIFROK_H = (0.650, 0.704, 0.286)
+"""Haematoxylin optical-density vector (R, G, B) of Ruifrok & Johnston (2001)."""
+RUIFROK_E = (0.072, 0.990, 0.105)
+"""Eosin optical-density vector (R, G, B) of Ruifrok & Johnston (2001)."""
+
+ROLES = ("labelled", "unlabelled", "test")
+
+
+@dataclass(frozen=True)
+class StainStyle:
+    """Everything that makes one patient's slides look the way they do."""
+
+    h_vector: tuple[float, float, float]
+    """Unit optical-density vector of haematoxylin (R, G, B)."""
+    e_vector: tuple[float, float, float]
+    """Unit optical-density vector of eosin (R, G, B)."""
+    h_amount: float
+    """Multiplier of the haematoxylin concentration (staining time / dye strength)."""
+    e_amount: float
+    """Multiplier of the eosin concentration."""
+    thickness: float
+    """Multiplier of the total optical density (section thickness)."""
+    background: tuple[float, float, float]
+    """Transmitted light through glass, 0-255 per channel (illumination tint)."""
+    blur_um: float
+    """Gaussian optics/focus blur, standard deviation in µm."""
+    noise: float
+    """Sensor noise, standard deviation in 8-bit grey levels."""
+    jpeg_quality: int
+    """JPEG quality of the slide's tiles."""
+
+    def mean_od(self) -> float:
+        """Mean optical density of a reference pink-purple tissue mix, a one-number style summary."""
+        h, e = np.asarray(self.h_vector), np.asarray(self.e_vector)
+        return float(np.mean(self.thickness * (0.4 * self.h_amount * h + 0.6 * self.e_amount * e)))
+
+    def h_angle_deg(self) -> float:
+        """Angle between this style's haematoxylin vector and Ruifrok's, in degrees."""
+        ref = np.asarray(RUIFROK_H) / np.linalg.norm(RUIFROK_H)
+        cos = float(np.clip(np.dot(self.h_vector, ref), -1.0, 1.0))
+        return float(np.degrees(np.arccos(cos)))
+
+
+@dataclass(frozen=True)
+class StyleRange:
+    """Where a role's styles are drawn from (uniform in each interval)."""
+
+    vector_jitter: float
+    """Standard deviation of the Gaussian added to each component of the unit stain vectors."""
+    h_amount: tuple[float, float]
+    e_amount: tuple[float, float]
+    thickness: tuple[float, float]
+    brightness: tuple[float, float]
+    """Glass transmission (0-255), the same for all channels ..."""
+    tint: float
+    """... times (1 + N(0, tint)) per channel."""
+    blur_um: tuple[float, float]
+    noise: tuple[float, float]
+    jpeg_quality: tuple[int, int]
+
+
+NARROW = StyleRange(vector_jitter=0.02, h_amount=(0.95, 1.05), e_amount=(0.95, 1.05), thickness=(0.95, 1.05),
+                    brightness=(240.0, 246.0), tint=0.004, blur_um=(0.25, 0.35), noise=(1.5, 2.5),
+                    jpeg_quality=(88, 92))
+WIDE = StyleRange(vector_jitter=0.12, h_amount=(0.6, 1.5), e_amount=(0.55, 1.5), thickness=(0.7, 1.35),
+                  brightness=(222.0, 250.0), tint=0.015, blur_um=(0.15, 0.8), noise=(0.5, 5.0), jpeg_quality=(70, 95))
+
+
+def style_range(role: str) -> StyleRange:
+    """Labelled patients come from the narrow range; unlabelled and test patients from the wide one."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+    return NARROW if role == "labelled" else WIDE
+
+
+def _jitter_vector(rng: np.random.Generator, ref: tuple[float, float, float], sd: float) -> tuple[float, ...]:
+    v = np.asarray(ref, dtype=np.float64) / np.linalg.norm(ref)
+    v = np.clip(v + rng.normal(0.0, sd, 3), 0.02, None)
+    v /= np.linalg.norm(v)
+    return tuple(float(x) for x in v)
+
+
+def patient_style(seed: int, patient_id: str, role: str) -> StainStyle:
+    """The stain style of one patient: a deterministic function of (seed, patient_id, role)."""
+    r = style_range(role)
+    rng = rng_for(seed, "style", patient_id, role)
+    uniform = lambda lo_hi: float(rng.uniform(*lo_hi))  # noqa: E731
+    return StainStyle(
+        h_vector=_jitter_vector(rng, RUIFROK_H, r.vector_jitter),
+        e_vector=_jitter_vector(rng, RUIFROK_E, r.vector_jitter),
+        h_amount=uniform(r.h_amount),
+        e_amount=uniform(r.e_amount),
+        thickness=uniform(r.thickness),
+        background=tuple(float(x) for x in np.clip(uniform(r.brightness) * (1 + rng.normal(0, r.tint, 3)), 0, 255)),
+        blur_um=uniform(r.blur_um),
+        noise=uniform(r.noise),
+        jpeg_quality=int(rng.integers(r.jpeg_quality[0], r.jpeg_quality[1] + 1)),
+    )
