@@ -9,8 +9,13 @@ configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/config.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/tiling.smk"
+include: "workflow/rules/synthesis.smk"
+include: "workflow/rules/segmentation.smk"
+include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -1,6 +1,7 @@
 # Config and sample-sheet validation (at parse time, through sedm.config so the CLI gives the same
 # errors), output paths in one place, and the per-stage config snapshots.
 import json
+from pathlib import Path
 
 from sedm.config import stage_config, validate_config, load_samples
 from sedm.errors import InputError
@@ -28,24 +29,27 @@ wildcard_constraints:
 class paths:
     """Every output path of the workflow, so rules never spell one by hand."""
 
-    stage_config = R + "/config/{stage}.json"
-    store = R + "/tiles/{slide}.zarr"
-    tile_table = R + "/tiles/{slide}.tiles.parquet"
-    tissue_qc = R + "/tiles/{slide}.qc.png"
-    tiling_summary = R + "/tiles/summary.tsv"
-    diffusion_model = R + "/diffusion/model"  # directory: config.json + weights (EMA)
-    diffusion_run = R + "/diffusion/run"  # directory: checkpoints, train_log.csv, sample grids
-    synthetic = R + "/synthesis/{slide}.zarr"
-    synthesis_montage = R + "/synthesis/{slide}.montage.png"
-    seg_model = R + "/segmentation/{arm}/model"
-    seg_run = R + "/segmentation/{arm}/run"
-    prediction = R + "/predictions/{arm}/{slide}.zarr"
-    prediction_overlay = R + "/predictions/{arm}/{slide}.overlay.png"
-    prediction_geojson = R + "/predictions/{arm}/{slide}.geojson"
-    eval_dir = R + "/eval"
-    report = R + "/report/report.html"
+    stage_config = f"{R}/config/{{stage}}.json"
+    demo_slide = f"{config['demo']['out']}/slides/{{slide}}.tiff"
+    demo_annotation = f"{config['demo']['out']}/annotations/{{slide}}.geojson"
+    store = f"{R}/tiles/{{slide}}.zarr"
+    tile_table = f"{R}/tiles/{{slide}}.tiles.parquet"
+    tissue_qc = f"{R}/tiles/{{slide}}.qc.png"
+    tiling_summary = f"{R}/tiles/summary.tsv"
+    diffusion_model = f"{R}/diffusion/model"  # directory: config.json + weights (EMA)
+    diffusion_run = f"{R}/diffusion/run"  # directory: checkpoints, train_log.csv, sample grids
+    synthetic = f"{R}/synthesis/{{slide}}.zarr"
+    synthesis_montage = f"{R}/synthesis/{{slide}}.montage.png"
+    seg_model = f"{R}/segmentation/{{arm}}/model"
+    seg_run = f"{R}/segmentation/{{arm}}/run"
+    prediction = f"{R}/predictions/{{arm}}/{{slide}}.zarr"
+    prediction_overlay = f"{R}/predictions/{{arm}}/{{slide}}.overlay.png"
+    prediction_geojson = f"{R}/predictions/{{arm}}/{{slide}}.geojson"
+    eval_dir = f"{R}/eval"
+    report_html = f"{R}/report/report.html"  # not `report`: Snakemake's parser takes that for its keyword
+    report_figures = f"{R}/report/figures"  # directory: <section>/<name>.png, for snakemake --report
     log = "logs/{rule}/{name}.log"
-    bench = R + "/benchmarks/{rule}/{name}.tsv"
+    bench = f"{R}/benchmarks/{{rule}}/{{name}}.tsv"
 
 
 def stage_cfg(stage):
@@ -70,17 +74,4 @@ def annotation_input(wildcards):
 
 
 def final_targets():
-    return [paths.tiling_summary]
-
-
-rule stage_config:
-    output:
-        paths.stage_config,
-    params:
-        snapshot=lambda w: json.dumps(stage_config(config, w.stage), sort_keys=True),
-    log:
-        log_for("stage_config", "{stage}"),
-    conda:
-        ENV
-    shell:
-        "sedm write-config --stage {wildcards.stage:q} --json {params.snapshot:q} --out {output:q} 2> {log:q}"
+    return [paths.tiling_summary, f"{paths.eval_dir}/summary.json", paths.report_html]

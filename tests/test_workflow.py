@@ -1,0 +1,86 @@
+"""The real workflow, run with Snakemake on a tiny generated cohort in a temporary directory."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from sedm.demo.cohort import cohort_slides, demo_counts, sample_sheet, sample_sheet_text
+from sedm.store import SlideStore
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def make_workdir(path: Path, **overrides) -> Path:
+    """A workdir holding the tiny test config and its generated sample sheet."""
+    config = yaml.safe_load((REPO / ".test/config.yaml").read_text())
+    for key, value in overrides.items():
+        config[key] = {**config.get(key, {}), **value}
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    slides = cohort_slides(*demo_counts(config["demo"]))
+    (path / "samples.tsv").write_text(sample_sheet_text(sample_sheet(config["demo"]["out"], slides)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiled(tmp_path_factory) -> Path:
+    workdir = make_workdir(tmp_path_factory.mktemp("wf"))
+    snakemake(workdir, "results/tiles/summary.tsv")
+    return workdir
+
+
+def test_tiling_stage_runs_end_to_end(tiled):
+    sheet = pd.read_csv(tiled / "samples.tsv", sep="\t", comment="#")
+    summary = pd.read_csv(tiled / "results/tiles/summary.tsv", sep="\t")
+    assert sorted(summary["slide_id"]) == sorted(sheet["slide_id"])
+    for slide in sheet["slide_id"]:
+        store = SlideStore(tiled / f"results/tiles/{slide}.zarr")
+        assert store.mpp == 1.0 and store.tile_size == 128
+        table = store.tiles()
+        assert len(table) == summary.set_index("slide_id").loc[slide, "n_tiles"] > 0
+        assert (tiled / f"results/tiles/{slide}.qc.png").stat().st_size > 0
+        assert (tiled / f"results/benchmarks/tile_slide/{slide}.tsv").is_file()
+    labelled = sheet.loc[sheet["role"] == "labelled", "slide_id"].iloc[0]
+    assert SlideStore(tiled / f"results/tiles/{labelled}.zarr").tiles()["frac_tumour"].sum() > 0
+
+
+def test_second_run_does_nothing(tiled):
+    proc = snakemake(tiled, "results/tiles/summary.tsv", "--dry-run")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_tiling_change_reruns_tiling_not_demo(tiled, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(tiled, work, symlinks=True)
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["tiling"]["min_tissue_fraction"] = 0.5
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(work, "results/tiles/summary.tsv", "--dry-run", "--quiet", "rules")
+    text = proc.stdout
+    n_slides = len(pd.read_csv(work / "samples.tsv", sep="\t", comment="#"))
+    assert "tile_slide" in text and "tiling_summary" in text and "demo_cohort" not in text
+    counts = {line.split()[0]: int(line.split()[1]) for line in text.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["tile_slide"] == n_slides
+
+
+def test_lint_is_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(REPO / "Snakefile"),
+                           "--directory", str(REPO)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,14 @@
+# Per-stage config snapshots: a stage reruns when (and only when) the sections it reads change.
+
+
+rule stage_config:
+    output:
+        paths.stage_config,
+    params:
+        snapshot=lambda w: json.dumps(stage_config(config, w.stage), sort_keys=True),
+    log:
+        log_for("stage_config", "{stage}"),
+    conda:
+        ENV
+    shell:
+        "sedm write-config --stage {wildcards.stage:q} --json {params.snapshot:q} --out {output:q} 2> {log:q}"
