@@ -1,0 +1,214 @@
+"""Benchmark `sedm tile` against the usual per-tile loop and against the raw JPEG decode limit.
+
+Run: ``python benchmarks/tiling.py [--sizes 8192 16384] [--threads 2] [--workdir DIR]``
+
+For each slide size a synthetic H&E-like pyramidal TIFF (mostly tissue, JPEG tiles) is written,
+then, at a target µm/px equal to one of its pyramid levels:
+
+* sedm: ``tile_slide`` in a child process (so its peak RSS is its own), tiles/s over the whole run
+  (thumbnail, tissue detection, reads, labels, pyramid, writes, table);
+* naive: openslide ``read_region`` + PIL PNG save per tile, one thread (the CLAM/histolab habit),
+  over the same tissue tiles (the first ``--naive-tiles`` of them);
+* decode: tifffile reading and decoding every tile of that level, one thread: the ceiling a
+  single core reaches before anything is written.
+
+Ratios use the largest slide. The peak RSS of every size is printed: it must not grow with the
+slide. The last line is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- synthetic slide ---------------------------------------------------------------------------------
+def _texture(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A periodic (size, size, 3) uint8 H&E-like texture: pink fibrous stroma, purple nuclei, noise."""
+    from scipy import ndimage
+
+    fib = ndimage.gaussian_filter(rng.standard_normal((size, size)), (1.5, 8), mode="wrap")
+    fib = (fib - fib.mean()) / (fib.std() + 1e-9)
+    nuc = np.zeros((size, size), np.float32)
+    n = size * size // 900
+    nuc[rng.integers(0, size, n), rng.integers(0, size, n)] = 1.0
+    nuc = ndimage.gaussian_filter(nuc, 6, mode="wrap")
+    nuc = np.clip(nuc / (nuc.max() * 0.25 + 1e-9), 0, 1)
+    pink, purple = np.array([235, 150, 195], np.float32), np.array([95, 50, 140], np.float32)
+    rgb = pink * (1 - nuc[..., None]) + purple * nuc[..., None]
+    rgb += 14 * fib[..., None] + rng.normal(0, 5, (size, size, 1))
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def make_slide(path: Path, size: int, mpp: float, seed: int = 0) -> None:
+    """A ``size`` x ``size`` slide at ``mpp`` µm/px: textured tissue in an ellipse covering ~75 %."""
+    from sedm.demo.tiff import write_pyramidal_tiff
+
+    rng = np.random.default_rng(seed)
+    tex = _texture(2048, rng)
+    reps = -(-size // 2048)
+    rgb = np.tile(tex, (reps, reps, 1))[:size, :size]
+    yy = ((np.arange(size) + 0.5) / size - 0.5)[:, None] / 0.52
+    xx = ((np.arange(size) + 0.5) / size - 0.5)[None, :] / 0.55
+    for y0 in range(0, size, 2048):  # glass outside the ellipse, in strips to bound memory
+        glass = (yy[y0:y0 + 2048] ** 2 + xx ** 2) > 1
+        rgb[y0:y0 + 2048][glass] = (242, 242, 244)
+    write_pyramidal_tiff(path, rgb, mpp, tile=256, quality=90)
+
+
+# -- measurements --------------------------------------------------------------------------------------
+def run_sedm_child(slide: Path, out: Path, mpp: float, tile: int, threads: int, compressor: str = "store") -> dict:
+    """Tile in a fresh interpreter into an empty ``out``; returns its timing and peak RSS."""
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)  # replacing an old store is not part of the measurement
+    cmd = [sys.executable, __file__, "--child", str(slide), "--child-out", str(out), "--target-mpp", str(mpp),
+           "--tile", str(tile), "--threads", str(threads), "--compressor", compressor]
+    res = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. /proc's VmHWM is reset by exec; getrusage's maxrss is not
+    (it would report the parent's peak, inherited through fork), so it is only the fallback."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def child(args: argparse.Namespace) -> None:
+    from sedm.config import validate_config
+    from sedm.tiling import tile_slide
+
+    config = validate_config({"classes": ["tumour", "stroma", "necrosis"],
+                              "tiling": {"mpp": args.target_mpp, "tile_size": args.tile, "threads": args.threads,
+                                         "pyramid_levels": 3}})
+    if args.compressor != "store":  # what-if: another chunk codec (the store layout is otherwise unchanged)
+        import sedm.store
+        from zarr.codecs import BloscCodec, BloscShuffle
+
+        cname, shuffle = args.compressor.split("-")
+        codec = BloscCodec(cname=cname, clevel=1 if cname == "zstd" else 5, shuffle=BloscShuffle[shuffle])
+        sedm.store.compressor = lambda: codec
+    out = Path(args.child_out)
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    result = tile_slide(args.child, slide_id="bench", config=config, out=out / "bench.zarr",
+                        table=out / "bench.tiles.parquet", qc=out / "bench.qc.png", threads=args.threads,
+                        progress=False)
+    dt = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    rss_mb = peak_rss_mb()
+    print(json.dumps({"n_tiles": len(result.table), "seconds": dt, "tiles_per_s": len(result.table) / dt,
+                      "cpu_ms_per_tile": 1e3 * cpu / max(1, len(result.table)),
+                      "peak_rss_mb": rss_mb, "fast_read": result.fast_read, "direct_write": result.direct_write}))
+
+
+def naive(slide: Path, coords: list[tuple[int, int]], level: int, tile: int, out: Path) -> float:
+    """openslide read_region + PNG save per tile, one thread; tiles/s."""
+    import openslide
+
+    out.mkdir(parents=True, exist_ok=True)
+    osr = openslide.OpenSlide(str(slide))
+    ds = osr.level_downsamples[level]
+    t0 = time.perf_counter()
+    for y, x in coords:
+        img = osr.read_region((round(x * ds), round(y * ds)), level, (tile, tile)).convert("RGB")
+        img.save(out / f"{y}_{x}.png")
+    dt = time.perf_counter() - t0
+    osr.close()
+    return len(coords) / dt
+
+
+def raw_decode(slide: Path, level: int) -> tuple[float, float, int]:
+    """tifffile read + decode of every tile of ``level``, one thread; (tiles/s, CPU ms/tile, tiles)."""
+    import tifffile
+
+    with tifffile.TiffFile(slide) as tif:
+        page = tif.pages[level]
+        t0, c0 = time.perf_counter(), time.process_time()
+        n = sum(1 for _ in page.segments(maxworkers=1))
+        return n / (time.perf_counter() - t0), 1e3 * (time.process_time() - c0) / n, n
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[8192, 16384], help="slide widths/heights, px at level 0")
+    p.add_argument("--mpp", type=float, default=0.25, help="µm/px of level 0")
+    p.add_argument("--level", type=int, default=0, help="pyramid level whose µm/px is the tiling target")
+    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--naive-tiles", type=int, default=600, help="tiles timed for the naive loop")
+    p.add_argument("--workdir", help="keep slides and outputs here (default: a temporary folder)")
+    p.add_argument("--compressor", default="store",
+                   help="what-if chunk codec for the sedm run, e.g. lz4-noshuffle or zstd-noshuffle "
+                        "(default: the store's own)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--child-out", help=argparse.SUPPRESS)
+    p.add_argument("--target-mpp", type=float, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="sedm-bench-tiling-") as tmp:
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        target = args.mpp * 2**args.level
+        runs = {}
+        for size in sorted(args.sizes):
+            slide = work / f"slide_{size}.tif"
+            if not slide.exists():
+                t0 = time.perf_counter()
+                make_slide(slide, size, args.mpp)
+                print(f"wrote {slide.name} ({size}x{size} px, {slide.stat().st_size / 2**20:.0f} MiB) "
+                      f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+            runs[size] = run_sedm_child(slide, work / f"out_{size}", target, args.tile, args.threads, args.compressor)
+            r = runs[size]
+            print(f"sedm  {size:>6} px: {r['n_tiles']} tiles in {r['seconds']:.2f}s = {r['tiles_per_s']:.0f} tiles/s, "
+                  f"{r['cpu_ms_per_tile']:.2f} CPU ms/tile, peak RSS {r['peak_rss_mb']:.0f} MB "
+                  f"(fast read {r['fast_read']}, direct write {r['direct_write']}, codec {args.compressor})")
+        big = max(args.sizes)
+        slide = work / f"slide_{big}.tif"
+        import pandas as pd
+
+        table = pd.read_parquet(work / f"out_{big}" / "bench.tiles.parquet")
+        coords = list(zip(table["y"], table["x"]))[: args.naive_tiles]
+        naive_tps = naive(slide, coords, args.level, args.tile, work / "naive_png")
+        decode_tps, decode_cpu, n_level = raw_decode(slide, args.level)
+        sedm_tps = runs[big]["tiles_per_s"]
+        print(f"naive (openslide read_region + PNG save, 1 thread): {naive_tps:.0f} tiles/s over {len(coords)} tiles")
+        print(f"raw decode (tifffile, 1 thread): {decode_tps:.0f} tiles/s, {decode_cpu:.2f} CPU ms/tile "
+              f"over {n_level} tiles")
+        print(f"sedm vs naive: {sedm_tps / naive_tps:.2f}x   sedm vs raw decode: {sedm_tps / decode_tps:.2f}x "
+              f"({args.threads} threads, {os.cpu_count()} CPUs)")
+        small = min(args.sizes)
+        print(json.dumps({
+            "tiles_per_s": round(sedm_tps, 1), "vs_naive": round(sedm_tps / naive_tps, 2),
+            "vs_decode": round(sedm_tps / decode_tps, 2), "peak_rss_mb": round(runs[big]["peak_rss_mb"], 1),
+            "slide_px": big, "n_tiles": runs[big]["n_tiles"], "peak_rss_mb_small": round(runs[small]["peak_rss_mb"], 1),
+            "slide_px_small": small, "tiles_per_s_small": round(runs[small]["tiles_per_s"], 1),
+            "naive_tiles_per_s": round(naive_tps, 1), "decode_tiles_per_s": round(decode_tps, 1),
+            "threads": args.threads, "target_mpp": target, "tile_size": args.tile, "compressor": args.compressor,
+            "cpu_ms_per_tile": round(runs[big]["cpu_ms_per_tile"], 3), "decode_cpu_ms_per_tile": round(decode_cpu, 3),
+            "load_avg_1min": round(os.getloadavg()[0], 2),
+        }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,354 @@
+"""`sedm tile` and `sedm tiling-summary` on small synthetic slides.
+
+The slide is 1100 x 1000 px at 0.5 µm/px with a textured tissue block touching its right edge, so at
+the default 1 µm/px the grid has partial edge tiles (padding) and glass tiles (not written).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from sedm.annotations import load_geojson, rasterize
+from sedm.cli import main
+from sedm.config import validate_config
+from sedm.demo.tiff import write_pyramidal_tiff
+from sedm.slides import open_slide
+from sedm.store import TILE_COLUMNS, SlideStore, fraction_columns, tile_table_path
+from sedm import tiling
+from sedm.tiling import ChunkWriter, Grid, _run_bounded, nearest_index, tile_slide, tile_tissue_counts
+
+CLASSES = ["tumour", "stroma", "necrosis"]
+W0, H0, MPP0 = 1100, 1000, 0.5
+TISSUE = (300, 900, 500, 1100)  # y0, y1, x0, x1 at level 0
+TILE = 128
+
+
+def _slide_rgb(seed: int = 0, tissue: bool = True) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rgb = (238 + rng.integers(0, 6, (H0, W0, 3))).astype(np.uint8)
+    if tissue:
+        y0, y1, x0, x1 = TISSUE
+        shade = rng.integers(-40, 40, (y1 - y0, x1 - x0, 1))
+        rgb[y0:y1, x0:x1] = np.clip(np.array([200, 110, 170]) + shade, 0, 255).astype(np.uint8)
+    return rgb
+
+
+def _feature(cls: str, ring: list[list[float]]) -> dict:
+    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": {"objectType": "annotation", "classification": {"name": cls}}}
+
+
+def _geojson(path: Path, classes: tuple[str, ...] = ("tumour", "stroma", "necrosis")) -> Path:
+    feats = [
+        _feature(classes[0], [[550, 320], [800, 320], [800, 600], [550, 600], [550, 320]]),
+        _feature(classes[1], [[800, 600], [1000, 600], [900, 890], [800, 600]]),
+        _feature(classes[2], [[950, 320], [1250, 320], [1250, 600], [950, 600], [950, 320]]),  # beyond the right edge
+    ]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    return path
+
+
+def _config(**tiling_cfg) -> dict:
+    return validate_config({"classes": CLASSES, "tiling": {"mpp": 1.0, "tile_size": TILE, "pyramid_levels": 3,
+                                                           "threads": 2, **tiling_cfg}})
+
+
+def _run(tmp: Path, slide: Path, ann: Path | None, config: dict | None = None, name: str = "s1"):
+    return tile_slide(slide, slide_id=name, config=config or _config(), out=tmp / f"{name}.zarr",
+                      table=tmp / f"{name}.tiles.parquet", qc=tmp / f"{name}.qc.png", annotation=ann,
+                      threads=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("inputs")
+    write_pyramidal_tiff(d / "slide.tif", _slide_rgb(), MPP0, tile=128)
+    write_pyramidal_tiff(d / "glass.tif", _slide_rgb(1, tissue=False), MPP0, tile=128)
+    return {"slide": d / "slide.tif", "glass": d / "glass.tif", "ann": _geojson(d / "ann.geojson"),
+            "bad_ann": _geojson(d / "bad.geojson", ("tumour", "stroma", "fat"))}
+
+
+@pytest.fixture(scope="module")
+def tiled(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiled")
+    result = _run(out, inputs["slide"], inputs["ann"])
+    return out / "s1.zarr", result
+
+
+def _chunk_cells(array_dir: Path, image: bool) -> set[tuple[int, int]]:
+    base = array_dir / "c" / "0" if image else array_dir / "c"
+    return {(int(f.parent.name), int(f.name)) for f in base.glob("*/*") if f.is_file()}
+
+
+def test_store_metadata_and_provenance(tiled, inputs):
+    path, result = tiled
+    store = SlideStore(path)
+    table = store.tiles()
+    attrs = store.attrs
+    assert attrs["source"] == str(inputs["slide"].resolve())
+    assert attrs["annotation"] == str(inputs["ann"].resolve())
+    assert attrs["has_annotations"] is True
+    assert attrs["backend"] in ("openslide", "tiffslide")
+    assert attrs["source_mpp"] == pytest.approx(MPP0)
+    assert attrs["mpp"] == attrs["target_mpp"] == 1.0
+    assert attrs["thumbnail_mpp"] == 8.0
+    assert attrs["tissue"] == {"min_object_um2": 5000.0, "min_hole_um2": 5000.0}
+    assert attrs["n_tiles"] == len(table) > 0
+    assert (attrs["height"], attrs["width"]) == (500, 550)
+    assert store.shape == (4 * TILE, 5 * TILE)  # padded to whole tiles
+    root = zarr.open_group(str(path), mode="r")
+    ms = root.attrs["ome"]["multiscales"][0]
+    assert [d["path"] for d in ms["datasets"]] == ["0", "1", "2"]
+    assert [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]] == [[1.0, 1.0, 1.0], [1.0, 2.0, 2.0],
+                                                                                   [1.0, 4.0, 4.0]]
+    assert root.attrs["ome"]["version"] == "0.5"
+    assert root["labels"].attrs["ome"]["labels"] == ["annotation", "tissue"]
+    assert [root[str(k)].shape for k in range(3)] == [(3, 512, 640), (3, 256, 320), (3, 128, 160)]
+    assert result.fast_read and result.direct_write  # level 1 of a tiled TIFF, plain local store
+
+
+def test_image_and_labels_match_direct_reads(tiled, inputs):
+    path, _ = tiled
+    store = SlideStore(path)
+    table = store.tiles()
+    annotations = load_geojson(inputs["ann"], CLASSES)
+    with open_slide(inputs["slide"]) as slide:
+        for _, t in table.iterrows():
+            y, x = int(t.y), int(t.x)
+            h, w = min(TILE, 500 - y), min(TILE, 550 - x)
+            img = store.read_image(y, x, TILE, TILE)
+            ref = slide.read(x, y, w, h, 1.0)
+            assert np.abs(img[:h, :w].astype(int) - ref).mean() < 0.5
+            assert (img[h:] == 255).all() and (img[:, w:] == 255).all()  # padding is glass
+            labels = rasterize(annotations, CLASSES, shape=(h, w), scale=MPP0 / 1.0, offset=(y, x))
+            stored = store.read_labels(y, x, TILE, TILE)
+            np.testing.assert_array_equal(stored[:h, :w], labels)
+            assert not stored[h:].any() and not stored[:, w:].any()
+    assert (table["frac_necrosis"] > 0).any()  # the polygon crossing the right edge was rasterised
+
+
+def test_pyramid_levels_are_2x2_means(tiled):
+    path, _ = tiled
+    store = SlideStore(path)
+    t = store.tiles().iloc[0]
+    a = store.read_image(int(t.y), int(t.x), TILE, TILE).astype(np.uint16)
+    mean = (a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2] + 2) // 4
+    l1 = store.read_image(int(t.y) // 2, int(t.x) // 2, TILE // 2, TILE // 2, level=1)
+    np.testing.assert_array_equal(l1, mean)
+    m = mean.astype(np.uint16)
+    mean2 = (m[0::2, 0::2] + m[1::2, 0::2] + m[0::2, 1::2] + m[1::2, 1::2] + 2) // 4
+    np.testing.assert_array_equal(store.read_image(int(t.y) // 4, int(t.x) // 4, TILE // 4, TILE // 4, level=2), mean2)
+
+
+def test_only_tissue_tiles_are_written(tiled):
+    path, _ = tiled
+    table = SlideStore(path).tiles()
+    cells = set(zip(table["row"], table["col"]))
+    assert len(cells) < 4 * 5  # some glass tiles were skipped
+    for k in range(3):
+        assert _chunk_cells(path / str(k), image=True) == cells
+    assert _chunk_cells(path / "labels" / "tissue" / "0", image=False) == cells
+    assert _chunk_cells(path / "labels" / "annotation" / "0", image=False) <= cells
+    # geometry: tissue spans level-0 y 300..900, x 500..1100 -> target y 150..450, x 250..550
+    assert (2, 2) in cells and (0, 0) not in cells and (3, 4) in cells
+    assert table.set_index(["row", "col"]).loc[(2, 2), "tissue_fraction"] == pytest.approx(1.0)
+    assert (table["tissue_fraction"] >= 0.05).all()
+
+
+def test_tile_table_fractions_match_store(tiled):
+    path, _ = tiled
+    store = SlideStore(path)
+    table = store.tiles()
+    assert list(table.columns) == [*TILE_COLUMNS, *fraction_columns(CLASSES)]
+    assert table["row"].dtype == np.int32 and table["tissue_fraction"].dtype == np.float32
+    assert list(zip(table["row"], table["col"])) == sorted(zip(table["row"], table["col"]))
+    fr = table[fraction_columns(CLASSES)].to_numpy(np.float64)
+    np.testing.assert_allclose(fr.sum(axis=1), 1.0, atol=1e-5)
+    for _, t in table.iterrows():
+        assert (t.y, t.x) == (t.row * TILE, t.col * TILE)
+        labels = store.read_labels(int(t.y), int(t.x), TILE, TILE)
+        counts = np.bincount(labels.ravel(), minlength=len(CLASSES) + 1) / TILE**2
+        np.testing.assert_allclose(t[fraction_columns(CLASSES)].to_numpy(np.float64), counts, atol=1e-6)
+        tissue = store.read_tissue(int(t.y), int(t.x), TILE, TILE)
+        assert t.tissue_fraction == pytest.approx(tissue.mean(), abs=1e-6)
+    assert tile_table_path(path).is_file() and (path.parent / "s1.qc.png").is_file()
+
+
+def test_resampled_target_matches_slide_read(inputs, tmp_path):
+    """A target µm/px that is no pyramid level goes through the backend's resampling."""
+    result = _run(tmp_path, inputs["slide"], None, _config(mpp=0.8, tile_size=64, pyramid_levels=1))
+    assert not result.fast_read
+    store = SlideStore(tmp_path / "s1.zarr")
+    assert (store.attrs["height"], store.attrs["width"]) == (625, 687)  # floor(1000 * 0.5 / 0.8), ...
+    t = store.tiles().iloc[len(store.tiles()) // 2]
+    with open_slide(inputs["slide"]) as slide:
+        ref = slide.read(int(t.x), int(t.y), 64, 64, 0.8)
+    np.testing.assert_array_equal(store.read_image(int(t.y), int(t.x), 64, 64), ref)
+    assert store.attrs["has_annotations"] is False and not store.read_labels(0, 0, 625, 687).any()
+
+
+def test_empty_tissue_gives_empty_outputs(inputs, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="sedm.tiling"):
+        result = _run(tmp_path, inputs["glass"], None)
+    assert any("no tile has tissue" in r.message for r in caplog.records)
+    table = pd.read_parquet(tmp_path / "s1.tiles.parquet")
+    assert table.empty and list(table.columns) == [*TILE_COLUMNS, *fraction_columns(CLASSES)]
+    assert table["tissue_fraction"].dtype == np.float32
+    store = SlideStore(tmp_path / "s1.zarr")
+    assert store.attrs["n_tiles"] == 0 and result.table.empty
+    assert not any(p.is_file() for p in (tmp_path / "s1.zarr").rglob("c/*"))
+
+
+def test_failure_midway_leaves_no_output(inputs, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = tiling.mean2x2
+
+    def flaky(chw):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("disk on fire")
+        return real(chw)
+
+    monkeypatch.setattr(tiling, "mean2x2", flaky)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        _run(tmp_path, inputs["slide"], inputs["ann"])
+    assert list(tmp_path.iterdir()) == []  # no store, table, QC image nor temporaries
+
+
+def test_bad_geojson_class_fails_before_output(inputs, tmp_path, capsys):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"classes": CLASSES}))
+    out = tmp_path / "out"
+    rc = main(["tile", "--config", str(cfg), "--slide-id", "s1", "--slide", str(inputs["slide"]),
+               "--annotation", str(inputs["bad_ann"]), "--threads", "1", "--out", str(out / "s1.zarr"),
+               "--table", str(out / "s1.tiles.parquet"), "--qc", str(out / "s1.qc.png")])
+    assert rc == 2
+    assert "fat" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_missing_slide_is_input_error(inputs, tmp_path, capsys):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"classes": CLASSES}))
+    rc = main(["tile", "--config", str(cfg), "--slide-id", "s1", "--slide", str(tmp_path / "nope.tif"),
+               "--out", str(tmp_path / "o.zarr"), "--table", str(tmp_path / "o.parquet"), "--qc", str(tmp_path / "o.png")])
+    assert rc == 2 and "not found" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json"]
+
+
+def test_rerun_is_identical(tiled, inputs, tmp_path):
+    path, first = tiled
+    copy = tmp_path / "first.zarr"
+    shutil.copytree(path, copy)
+    _run(path.parent, inputs["slide"], inputs["ann"])  # overwrites the module's store in place
+    a, b = zarr.open_group(str(copy), mode="r"), zarr.open_group(str(path), mode="r")
+    assert dict(a.attrs) == dict(b.attrs)
+    for name in ("0", "1", "2", "labels/annotation/0", "labels/tissue/0"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])
+    pd.testing.assert_frame_equal(first.table, SlideStore(path).tiles())
+
+
+def test_chunk_writer_bytes_equal_zarr(tmp_path):
+    from sedm.store import create_store
+
+    root = create_store(tmp_path / "a.zarr", slide_id="a", height=64, width=64, mpp=1.0, tile_size=32, levels=1,
+                        classes=CLASSES, provenance={})
+    ref = create_store(tmp_path / "b.zarr", slide_id="a", height=64, width=64, mpp=1.0, tile_size=32, levels=1,
+                       classes=CLASSES, provenance={})
+    chunk = np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    writer = ChunkWriter(root["0"], tmp_path / "a.zarr")
+    assert writer.direct
+    assert writer.write((0, 1, 0), chunk)
+    ref["0"][:, 32:64, 0:32] = chunk
+    assert (tmp_path / "a.zarr/0/c/0/1/0").read_bytes() == (tmp_path / "b.zarr/0/c/0/1/0").read_bytes()
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "a.zarr/0"), mode="r")[:, 32:, :32], chunk)
+    assert not writer.write((0, 0, 0), np.full((3, 32, 32), 255, np.uint8))  # fill value: not stored
+    assert not (tmp_path / "a.zarr/0/c/0/0/0").exists()
+    labels = ChunkWriter(root["labels/tissue/0"], tmp_path / "a.zarr")
+    for cell in ((0, 1), (1, 1)):  # a constant chunk: encoded once, reused
+        assert labels.write(cell, np.ones((32, 32), np.uint8))
+    ref["labels/tissue/0"][:, 32:] = 1
+    for cell in ("0/1", "1/1"):
+        assert (tmp_path / f"a.zarr/labels/tissue/0/c/{cell}").read_bytes() == \
+            (tmp_path / f"b.zarr/labels/tissue/0/c/{cell}").read_bytes()
+
+
+def test_tile_tissue_counts_equal_upsampled_mask():
+    rng = np.random.default_rng(3)
+    mask = rng.random((23, 31)) > 0.6
+    height, width, t = 150, 205, 32
+    iy, ix = nearest_index(height, 1.0, 6.5, 23), nearest_index(width, 1.0, 6.5, 31)
+    full = np.zeros((Grid(height, width, t).padded_height, Grid(height, width, t).padded_width), bool)
+    full[:height, :width] = mask[iy[:, None], ix[None, :]]
+    expected = full.reshape(5, t, 7, t).sum(axis=(1, 3))
+    np.testing.assert_array_equal(tile_tissue_counts(mask, iy, ix, t, 5, 7), expected)
+
+
+def test_in_flight_work_is_bounded():
+    state = {"yielded": 0, "done": 0, "max": 0}
+
+    def batches():
+        for i in range(50):
+            state["yielded"] += 1
+            state["max"] = max(state["max"], state["yielded"] - state["done"])
+            yield i
+
+    def done(_):
+        state["done"] += 1
+
+    _run_bounded(lambda i: i * i, batches(), threads=3, on_result=done)
+    assert state["done"] == 50 and state["max"] <= 2 * 3
+
+
+def test_tiling_summary_matches_hand_computation(tiled, inputs, tmp_path):
+    path, _ = tiled
+    glass_dir = tmp_path / "glass"
+    _run(glass_dir, inputs["glass"], None, name="g1")
+    samples = tmp_path / "samples.tsv"
+    samples.write_text("slide_id\tpatient_id\tslide_path\tannotation_path\trole\n"
+                       f"g1\tp2\t{inputs['glass']}\t\tunlabelled\n"
+                       f"s1\tp1\t{inputs['slide']}\t{inputs['ann']}\tlabelled\n")
+    out = tmp_path / "summary.tsv"
+    assert main(["tiling-summary", "--samples", str(samples), "--tables", str(tile_table_path(path)),
+                 str(glass_dir / "g1.tiles.parquet"), "--out", str(out)]) == 0
+    summary = pd.read_csv(out, sep="\t").set_index("slide_id")
+    assert list(summary.index) == ["g1", "s1"]  # sample-sheet order
+    store = SlideStore(path)
+    table = store.tiles()
+    tissue_px = sum(int(store.read_tissue(int(t.y), int(t.x), TILE, TILE).sum()) for _, t in table.iterrows())
+    s1 = summary.loc["s1"]
+    assert (s1.patient_id, s1.role, s1.n_tiles, s1.width, s1.height) == ("p1", "labelled", len(table), 550, 500)
+    assert s1.source_mpp == pytest.approx(0.5) and s1.target_mpp == 1.0
+    assert s1.tissue_area_mm2 == pytest.approx(tissue_px * 1.0**2 / 1e6, rel=1e-5)
+    for col in fraction_columns(CLASSES):
+        assert s1[f"mean_{col}"] == pytest.approx(table[col].astype(float).mean(), abs=1e-5)
+    g1 = summary.loc["g1"]
+    assert g1.n_tiles == 0 and g1.tissue_area_mm2 == 0 and np.isnan(g1.mean_frac_tumour)
+
+
+def test_corrupt_tile_is_input_error_without_output(inputs, tmp_path, capsys):
+    import tifffile
+
+    slide = tmp_path / "corrupt.tif"
+    shutil.copy(inputs["slide"], slide)
+    with tifffile.TiffFile(slide) as tif:  # level 1 (550 x 500) is the 1 µm/px level; tile (2, 2) is tissue
+        page = tif.pages[1]
+        offset = page.dataoffsets[2 * 5 + 2]
+    with open(slide, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\0" * 16)  # no JPEG start-of-image marker any more
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"classes": CLASSES, "tiling": {"tile_size": TILE}}))
+    out = tmp_path / "out"
+    rc = main(["tile", "--config", str(cfg), "--slide-id", "s1", "--slide", str(slide), "--threads", "2",
+               "--out", str(out / "s1.zarr"), "--table", str(out / "s1.tiles.parquet"), "--qc", str(out / "s1.qc.png")])
+    assert rc == 2 and "damaged" in capsys.readouterr().err
+    assert not out.exists() or list(out.iterdir()) == []
