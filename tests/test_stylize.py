@@ -1,0 +1,102 @@
+"""sedm stylize: zero-shot restyling of image tiles, with or without a label mask."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sedm.cli import main
+from sedm.demo.tiff import write_pyramidal_tiff
+from test_synthesis_fixtures import CLASSES, PATCH, make_model, make_store
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("m") / "model")
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "in"
+    d.mkdir()
+    sizes = {"a": (40, 50), "b": (32, 32)}  # (h, w); 40x50 is no multiple of the UNet's size multiple
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name, (h, w) in sizes.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(d / f"{name}.png")
+        mask = np.zeros((h, w), np.uint8)
+        mask[: h // 2] = 1
+        mask[h // 2:, : w // 2] = 2
+        Image.fromarray(mask, mode="L").save(masks / f"{name}.png")
+    return d, masks, sizes
+
+
+def stylize(model, out, *extra):
+    return main(["stylize", "--model", str(model), "--out", str(out), "--steps", "2", "--device", "cpu", *extra])
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_outputs_have_input_size(model, inputs, tmp_path, with_mask):
+    d, masks, sizes = inputs
+    style = make_store(tmp_path / "S.zarr", "S", labelled=False, tissue_tiles={(1, 1)}, tint=(90, 60, 160))
+    out = tmp_path / "out"
+    extra = ["--mask", str(masks)] if with_mask else []
+    assert stylize(model, out, "--style-slide", str(style), "--input", str(d), *extra) == 0
+    for name, (h, w) in sizes.items():
+        with Image.open(out / f"{name}.png") as im:
+            assert (im.height, im.width) == (h, w) and im.mode == "RGB"
+    meta = json.loads((out / "stylize.json").read_text())
+    assert meta["style_source"] == "S" and len(meta["images"]) == 2
+    for rec in meta["images"]:
+        assert (rec["mask"] is not None) == with_mask
+        for slide, y, x in rec["style"]:  # only the bottom-right tile (64..128) is tissue
+            assert slide == "S" and 64 <= y <= 128 - PATCH and 64 <= x <= 128 - PATCH
+
+
+def test_seeded_and_style_images_folder(model, inputs, tmp_path):
+    d, _, _ = inputs
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((48, 48, 3), 60 * i + 40, np.uint8)).save(styles / f"s{i}.png")
+    runs = []
+    for name, seed in (("r1", "1"), ("r2", "1"), ("r3", "2")):
+        assert stylize(model, tmp_path / name, "--style-images", str(styles), "--input", str(d / "a.png"),
+                       "--seed", seed, "--strength", "0.5") == 0
+        runs.append(np.asarray(Image.open(tmp_path / name / "a.png")))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2])
+    meta = json.loads((tmp_path / "r1" / "stylize.json").read_text())
+    assert {f for f, _, _ in meta["images"][0]["style"]} <= {"s0.png", "s1.png", "s2.png"}
+
+
+def test_style_from_raw_slide_reads_tissue_only(model, inputs, tmp_path):
+    d, _, _ = inputs
+    rgb = np.full((512, 512, 3), 245, np.uint8)
+    rgb[:, :256] = (170, 90, 160)  # tissue on the left half only
+    slide = tmp_path / "raw.tiff"
+    write_pyramidal_tiff(slide, rgb, 1.0, tile=128)
+    out = tmp_path / "out"
+    assert stylize(model, out, "--style-slide", str(slide), "--input", str(d / "b.png")) == 0
+    meta = json.loads((out / "stylize.json").read_text())
+    for _, y, x in meta["images"][0]["style"]:
+        assert x + PATCH <= 256
+
+
+def test_bad_masks_are_input_errors(model, inputs, tmp_path, capsys):
+    d, masks, _ = inputs
+    style = make_store(tmp_path / "S.zarr", "S", labelled=False)
+    bad = tmp_path / "bad.png"
+    Image.fromarray(np.full((32, 32), len(CLASSES) + 1, np.uint8), mode="L").save(bad)
+    args = ["--style-slide", str(style), "--input", str(d / "b.png")]
+    assert stylize(model, tmp_path / "o", *args, "--mask", str(bad)) == 2
+    assert "label value" in capsys.readouterr().err
+    assert stylize(model, tmp_path / "o", *args, "--mask", str(masks / "a.png")) == 2  # 40x50 mask, 32x32 image
+    assert "size" in capsys.readouterr().err
+    empty = make_store(tmp_path / "E.zarr", "E", labelled=False, tissue_tiles=set())
+    assert stylize(model, tmp_path / "o", "--style-slide", str(empty), "--input", str(d / "b.png")) == 2
+    assert "tissue" in capsys.readouterr().err

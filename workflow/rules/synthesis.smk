@@ -1,0 +1,44 @@
+# Synthetic labelled data in the style of every unlabelled slide: layouts from the labelled slides,
+# style patches from the unlabelled slide, one job per unlabelled slide. A killed job resumes from
+# its finished shards (kept in <store>.partial/, deliberately not an output) and exits 75 on SIGTERM.
+from sedm.synthesis.shards import samples_for_slide
+
+# per-slide statistics (HED means/stds, style fidelity) for the report, next to the montage
+paths.synthesis_stats = paths.synthesis_montage.replace(".montage.png", ".stats.json")
+
+try:
+    SYNTHESIS_SAMPLES = {s: samples_for_slide(config["synthesis"], s, UNLABELLED) for s in UNLABELLED}
+except InputError as exc:
+    raise WorkflowError(str(exc)) from None
+
+
+rule synthesize:
+    input:
+        model=paths.diffusion_model,
+        store=paths.store,
+        table=paths.tile_table,
+        labelled=expand(paths.store, slide=LABELLED),
+        labelled_tables=expand(paths.tile_table, slide=LABELLED),
+        config=stage_cfg("synthesis"),
+    output:
+        store=directory(paths.synthetic),
+        montage=paths.synthesis_montage,
+        stats=paths.synthesis_stats,
+    wildcard_constraints:
+        slide="|".join(UNLABELLED) or "^$",
+    params:
+        n=lambda w: SYNTHESIS_SAMPLES[w.slide],
+    threads: config["synthesis"]["threads"]
+    resources:
+        gpu=config["synthesis"]["gpus"],
+        mem_mb=lambda w, attempt: config["synthesis"]["mem_mb"] * attempt,
+    log:
+        log_for("synthesize"),
+    benchmark:
+        bench_for("synthesize")
+    conda:
+        ENV
+    shell:
+        "sedm synthesize --config {input.config:q} --model {input.model:q} --style-store {input.store:q}"
+        " --labelled {input.labelled:q} --n-samples {params.n:q} --threads {threads}"
+        " --out {output.store:q} --montage {output.montage:q} --stats {output.stats:q} 2> {log:q}"
