@@ -1,0 +1,1 @@
+"""Per-slide confusion matrices, per-patient Dice/IoU, and paired comparisons of arms."""

@@ -1,0 +1,253 @@
+"""``sedm evaluate``: per-patient Dice / IoU of every arm on the test slides, and arm comparisons.
+
+Per test slide a confusion matrix against the store's annotation (unannotated pixels excluded);
+a patient's matrix is the sum of its slides' (so a patient counts once however many slides it has);
+Dice / IoU per class and macro per patient (conventions, NaN for absent classes included, in
+sedm.evaluation.metrics); across patients mean, std, median, IQR and the worst patient, plus
+pooled over all pixels. Each arm is compared with the baseline arm on paired per-patient macro
+Dice: mean difference, patient-level bootstrap 95% CI and Wilcoxon signed-rank p-value.
+
+Outputs in ``--out``: per_slide / per_patient tables (.parquet + .csv), summary.json (see
+:func:`summary_json`) and summary.csv (every statistic of every arm x class x metric).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from sedm.atomic import atomic_path, write_text
+from sedm.config import load_config, load_samples
+from sedm.errors import InputError
+from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
+from sedm.evaluation.stats import describe, paired_comparison
+from sedm.store import SlideStore
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FILES = ("summary.json", "summary.csv", "per_patient.parquet", "per_patient.csv", "per_slide.parquet",
+                "per_slide.csv")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="sedm config or the evaluation stage snapshot")
+    parser.add_argument("--samples", required=True, type=Path, help="sample sheet (patient of each slide)")
+    parser.add_argument("--predictions", nargs="+", required=True, metavar="ARM=PATH",
+                        help="prediction Zarr of one slide, or a folder of <slide>.zarr predictions, per arm")
+    parser.add_argument("--stores", nargs="+", required=True, type=Path, help="stores of the test slides (truth)")
+    parser.add_argument("--out", required=True, type=Path, help="folder to write the tables and summary into")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    samples = load_samples(args.samples)
+    predictions = parse_predictions(args.predictions)
+    evaluate(cfg, samples=samples, predictions=predictions, stores=args.stores, out=args.out)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def _prediction_slide(path: Path) -> str | None:
+    if not (path / "zarr.json").is_file():
+        return None
+    attrs = zarr.open_group(str(path), mode="r", zarr_format=3).attrs.get("sedm", {})
+    return attrs.get("slide_id")
+
+
+def parse_predictions(items: Sequence[str]) -> dict[str, dict[str, Path]]:
+    """``ARM=PATH`` items -> {arm: {slide_id: prediction path}} (arms in first-seen order)."""
+    out: dict[str, dict[str, Path]] = {}
+    for item in items:
+        arm, sep, raw = item.partition("=")
+        if not sep or not arm or not raw:
+            raise InputError(None, "--predictions", f"{item!r} is not ARM=PATH",
+                             "write e.g. real=results/predictions/real")
+        path = Path(raw)
+        slide = _prediction_slide(path)
+        found = {slide: path} if slide else {}
+        if not slide and path.is_dir():
+            found = {s: p for p in sorted(path.glob("*.zarr")) if (s := _prediction_slide(p))}
+        if not found:
+            raise InputError(path, "--predictions", "no prediction Zarr here", "pass the output of `sedm predict`")
+        arm_preds = out.setdefault(arm, {})
+        for s, p in found.items():
+            if s in arm_preds and arm_preds[s] != p:
+                raise InputError(p, "--predictions", f"arm {arm!r} has two predictions of slide {s!r}",
+                                 "pass one prediction per arm and slide")
+            arm_preds[s] = p
+    return out
+
+
+# ---------------------------------------------------------------------------------------- per slide
+def slide_confusion(store: SlideStore, pred_path: Path, band_tiles: int = 8) -> np.ndarray:
+    """Confusion matrix of one slide, read in row bands (bounded memory)."""
+    pred_root = zarr.open_group(str(pred_path), mode="r", zarr_format=3)
+    attrs = dict(pred_root.attrs.get("sedm", {}))
+    pred = pred_root["labels"]
+    if tuple(pred.shape) != tuple(store.shape):
+        raise InputError(pred_path, "labels", f"shape {pred.shape} differs from the store's {store.shape}",
+                         f"predict from the store {store.path}")
+    if attrs.get("classes") not in (None, store.classes):
+        raise InputError(pred_path, "attrs.sedm.classes", f"classes {attrs['classes']} differ from the store's "
+                         f"{store.classes}", "predict with a model of the same classes")
+    k = len(store.classes)
+    cm = np.zeros((k + 1, k + 1), np.int64)
+    h, w = store.shape
+    band = store.tile_size * band_tiles
+    for y in range(0, h, band):
+        truth = store.read_labels(y, 0, min(band, h - y), w)
+        if truth.any():
+            cm += confusion_matrix(truth, pred[y:y + truth.shape[0], :], k)
+    return cm
+
+
+def _scores(cm: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    dice, iou = dice_iou(cm)
+    row: dict[str, Any] = {"n_pixels": int(cm[1:].sum())}
+    for c, d, j in zip(classes, dice, iou):
+        row[f"dice_{c}"], row[f"iou_{c}"] = float(d), float(j)
+    row["macro_dice"], row["macro_iou"] = macro(dice), macro(iou)
+    row["confusion"] = json.dumps(cm.tolist())
+    return row
+
+
+# -------------------------------------------------------------------------------------------- main
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def summary_json(per_patient: pd.DataFrame, classes: Sequence[str], pooled: Mapping[str, np.ndarray],
+                 comparisons: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"unit": "patient", "arms": {ARM: {...}}, "comparisons": [...]}`` with NaN written as null.
+
+    Arm entries: mean / std / median / worst (min) of the per-patient macro Dice over tissue classes,
+    mean per-patient macro IoU, patients with a finite macro Dice, and ``per_class`` (per class the
+    same across-patient figures plus IQR and the Dice / IoU pooled over all pixels).
+    """
+    arms = {}
+    for arm, df in per_patient.groupby("arm", sort=False):
+        d, j = describe(df["macro_dice"]), describe(df["macro_iou"])
+        pooled_dice, pooled_iou = dice_iou(pooled[arm])
+        per_class = {}
+        for i, c in enumerate(classes):
+            dc, jc = describe(df[f"dice_{c}"]), describe(df[f"iou_{c}"])
+            per_class[c] = {"mean_dice": dc["mean"], "std_dice": dc["std"], "median_dice": dc["median"],
+                            "iqr_dice": dc["iqr"], "worst_dice": dc["min"], "mean_iou": jc["mean"],
+                            "pooled_dice": float(pooled_dice[i]), "pooled_iou": float(pooled_iou[i]),
+                            "n_patients": dc["n"]}
+        arms[str(arm)] = {"mean_dice": d["mean"], "std_dice": d["std"], "median_dice": d["median"],
+                          "worst_dice": d["min"], "mean_iou": j["mean"], "n_patients": d["n"],
+                          "per_class": per_class}
+    return _nan_to_none({"unit": "patient", "arms": arms, "comparisons": comparisons})
+
+
+def summary_table(per_patient: pd.DataFrame, classes: Sequence[str], pooled: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """Long table: arm x (class | macro) x (dice | iou) with n, mean, std, median, q1, q3, iqr, min, max, pooled."""
+    rows = []
+    for arm, df in per_patient.groupby("arm", sort=False):
+        pooled_scores = dict(zip(("dice", "iou"), dice_iou(pooled[arm])))
+        for metric in ("dice", "iou"):
+            for i, c in enumerate([*classes, "macro"]):
+                col = f"macro_{metric}" if c == "macro" else f"{metric}_{c}"
+                p = macro(pooled_scores[metric]) if c == "macro" else float(pooled_scores[metric][i])
+                rows.append({"arm": arm, "class": c, "metric": metric, **describe(df[col]), "pooled": p})
+    return pd.DataFrame(rows)
+
+
+def _write_table(df: pd.DataFrame, out: Path, name: str) -> None:
+    with atomic_path(out / f"{name}.parquet") as tmp:
+        df.to_parquet(tmp, index=False)
+    with atomic_path(out / f"{name}.csv") as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def evaluate(cfg: Mapping[str, Any], *, samples: pd.DataFrame, predictions: Mapping[str, Mapping[str, Path]],
+             stores: Sequence[Path], out: Path) -> dict[str, Any]:
+    """Score every arm's predictions; write the tables and summary into ``out``; return the summary."""
+    classes, ev = list(cfg["classes"]), cfg["evaluation"]
+    truth = {}
+    for p in stores:
+        store = SlideStore(p)
+        if store.classes != classes:
+            raise InputError(store.path, "attrs.sedm.classes", f"classes {store.classes} differ from the config's "
+                             f"{classes}", "tile with the current config")
+        if store.slide_id not in samples.index:
+            raise InputError(store.path, "slide_id", f"slide {store.slide_id!r} is not in the sample sheet",
+                             "pass the sample sheet the stores were made from")
+        truth[store.slide_id] = store
+    arms = list(predictions)
+    slides = sorted(predictions[arms[0]]) if arms else []
+    for arm in arms:
+        if sorted(predictions[arm]) != slides:
+            raise InputError(None, "--predictions", f"arm {arm!r} predicts slides {sorted(predictions[arm])}, "
+                             f"arm {arms[0]!r} predicts {slides}", "predict the same test slides with every arm")
+    missing = [s for s in slides if s not in truth]
+    if missing:
+        raise InputError(None, "--stores", f"no store for predicted slide(s) {missing}", "pass their stores")
+    not_test = [s for s in slides if samples.at[s, "role"] != "test"]
+    if not_test:
+        log.warning("evaluating slides that are not marked test: %s", not_test)
+
+    slide_rows, cms = [], {}
+    for arm in arms:
+        for slide in slides:
+            cm = slide_confusion(truth[slide], predictions[arm][slide])
+            cms[arm, slide] = cm
+            slide_rows.append({"arm": arm, "slide_id": slide, "patient_id": samples.at[slide, "patient_id"],
+                               **_scores(cm, classes)})
+    per_slide = pd.DataFrame(slide_rows)
+
+    patient_rows, pooled = [], {}
+    k = len(classes)
+    for arm in arms:
+        pooled[arm] = np.zeros((k + 1, k + 1), np.int64)
+        by_patient: dict[str, list[str]] = {}
+        for slide in slides:
+            by_patient.setdefault(samples.at[slide, "patient_id"], []).append(slide)
+        for patient, its in sorted(by_patient.items()):
+            cm = sum((cms[arm, s] for s in its), np.zeros((k + 1, k + 1), np.int64))
+            pooled[arm] += cm
+            patient_rows.append({"arm": arm, "patient_id": patient, "n_slides": len(its),
+                                 "slides": ",".join(its), **_scores(cm, classes)})
+    per_patient = pd.DataFrame(patient_rows)
+
+    comparisons = []
+    base = ev["baseline"]
+    if len(arms) > 1 and base not in arms:
+        raise InputError(None, "evaluation.baseline", f"baseline arm {base!r} is not among the evaluated arms {arms}",
+                         "set evaluation.baseline to one of them")
+    if base in arms:
+        pivot = per_patient.pivot(index="patient_id", columns="arm", values="macro_dice")
+        for i, arm in enumerate(a for a in arms if a != base):
+            comp = paired_comparison(pivot[arm].to_numpy(), pivot[base].to_numpy(), int(ev["n_boot"]),
+                                     int(cfg["seed"]) + i)
+            comparisons.append({"arm": arm, "baseline": base, "mean_diff": comp["mean_diff"], "ci95": comp["ci95"],
+                                "wilcoxon_p": comp["wilcoxon_p"], "n_patients": comp["n"], "note": comp["note"]})
+    summary = summary_json(per_patient, classes, pooled, comparisons)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_table(per_slide, out, "per_slide")
+    _write_table(per_patient, out, "per_patient")
+    with atomic_path(out / "summary.csv") as tmp:
+        summary_table(per_patient, classes, pooled).to_csv(tmp, index=False)
+    write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    for arm, s in summary["arms"].items():
+        log.info("%s: per-patient macro Dice mean %s (worst %s) over %s patients", arm, s["mean_dice"],
+                 s["worst_dice"], s["n_patients"])
+    return summary

@@ -1,0 +1,72 @@
+"""Across-patient statistics and the paired comparison of two arms.
+
+The unit is the patient: slides of one patient are not independent, so per-patient scores are
+what the spread, the test and the confidence interval are computed over. NaN scores (see
+sedm.evaluation.metrics) are dropped before any statistic.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+
+def describe(values: Any) -> dict[str, float | int]:
+    """n, mean, std (ddof 1), median, quartiles, IQR, min, max of the finite values (NaN when empty)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    nan = float("nan")
+    if not len(v):
+        return {"n": 0, "mean": nan, "std": nan, "median": nan, "q1": nan, "q3": nan, "iqr": nan,
+                "min": nan, "max": nan}
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    return {"n": int(len(v)), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else nan,
+            "median": float(med), "q1": float(q1), "q3": float(q3), "iqr": float(q3 - q1),
+            "min": float(v.min()), "max": float(v.max())}
+
+
+def bootstrap_ci(diffs: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean, resampling patients with replacement."""
+    d = np.asarray(diffs, dtype=np.float64)
+    if not len(d):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(means, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def wilcoxon_p(diffs: np.ndarray) -> tuple[float, str | None]:
+    """Two-sided Wilcoxon signed-rank p-value of paired differences, with a note when undefined.
+
+    Zero differences are dropped (Wilcoxon's original treatment); scipy picks the exact
+    distribution for small samples without ties.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    if len(d) < 2:
+        return float("nan"), f"Wilcoxon test needs at least 2 patients (have {len(d)})"
+    if not np.any(d != 0):
+        return float("nan"), "all paired differences are zero: Wilcoxon test undefined"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = float(stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+    return p, None
+
+
+def paired_comparison(arm: np.ndarray, baseline: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+    """Paired per-patient difference ``arm - baseline``: mean, bootstrap 95% CI, Wilcoxon p.
+
+    Patients with a NaN in either arm are left out (counted in ``n``).
+    """
+    a, b = np.asarray(arm, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    keep = np.isfinite(a) & np.isfinite(b)
+    d = a[keep] - b[keep]
+    p, note = wilcoxon_p(d)
+    lo, hi = bootstrap_ci(d, n_boot, seed)
+    if len(d) == 1:
+        note = (note or "") + "; the CI of one patient is a point"
+    return {"mean_diff": float(d.mean()) if len(d) else float("nan"), "ci95": [lo, hi], "wilcoxon_p": p,
+            "n": int(len(d)), "note": note}

@@ -1,0 +1,1 @@
+"""Segmentation arms (real / stain-augmented / real + synthetic), training and whole-slide prediction."""

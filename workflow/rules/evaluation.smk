@@ -1,0 +1,27 @@
+# Per-patient evaluation of every arm on the test slides, with paired comparisons to the baseline arm.
+import os
+
+EVAL_FILES = ["summary.json", "summary.csv", "per_patient.parquet", "per_patient.csv", "per_slide.parquet",
+              "per_slide.csv"]
+
+
+rule evaluate:
+    input:
+        predictions=expand(paths.prediction, arm=ARMS, slide=TEST),
+        stores=expand(paths.store, slide=TEST),
+        samples=config["samples"],
+        config=stage_cfg("evaluation"),
+    output:
+        [f"{paths.eval_dir}/{name}" for name in EVAL_FILES],
+    params:
+        predictions=[f"{arm}={paths.prediction.format(arm=arm, slide=s)}" for arm in ARMS for s in TEST],
+        out=lambda w, output: os.path.dirname(output[0]),
+    log:
+        log_for("evaluate", "all"),
+    benchmark:
+        bench_for("evaluate", "all")
+    conda:
+        ENV
+    shell:
+        "sedm evaluate --config {input.config:q} --samples {input.samples:q} --predictions {params.predictions:q}"
+        " --stores {input.stores:q} --out {params.out:q} 2> {log:q}"

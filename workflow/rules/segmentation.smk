@@ -1,0 +1,64 @@
+# Segmentation arms: one model per arm (real / stain-augmented / + synthetic data), then every test
+# slide segmented by every arm.
+
+ARMS = list(config["segmentation"]["arms"])
+
+
+wildcard_constraints:
+    arm="|".join(ARMS),
+
+
+rule train_segmentation:
+    input:
+        stores=expand(paths.store, slide=LABELLED),
+        tables=expand(paths.tile_table, slide=LABELLED),
+        samples=config["samples"],
+        # synthetic arms: the synthesis stores of all unlabelled slides (rule synthesize)
+        synthetic=lambda w: (
+            expand(paths.synthetic, slide=UNLABELLED) if config["segmentation"]["arms"][w.arm]["synthetic"] else []
+        ),
+        config=stage_cfg("segmentation"),
+    output:
+        model=directory(paths.seg_model),
+    params:
+        run_dir=lambda w: paths.seg_run.format(arm=w.arm),
+        synthetic=lambda w, input: ["--synthetic", *input.synthetic] if input.synthetic else [],
+    threads: config["segmentation"]["threads"]
+    resources:
+        gpu=config["segmentation"]["gpus"],
+        mem_mb=lambda w, attempt: config["segmentation"]["mem_mb"] * attempt,
+    log:
+        log_for("train_segmentation", "{arm}"),
+    benchmark:
+        bench_for("train_segmentation", "{arm}")
+    conda:
+        ENV
+    shell:
+        "sedm train-seg --config {input.config:q} --arm {wildcards.arm:q} --stores {input.stores:q}"
+        " --samples {input.samples:q} {params.synthetic:q} --out {output.model:q}"
+        " --run-dir {params.run_dir:q} --resume auto --threads {threads} 2> {log:q}"
+
+
+rule predict_slide:
+    input:
+        model=paths.seg_model,
+        store=paths.store,
+        table=paths.tile_table,
+        config=stage_cfg("segmentation"),
+    output:
+        prediction=directory(paths.prediction),
+        overlay=paths.prediction_overlay,
+        geojson=paths.prediction_geojson,
+    threads: config["segmentation"]["threads"]
+    resources:
+        gpu=config["segmentation"]["gpus"],
+    log:
+        log_for("predict_slide", "{arm}/{slide}"),
+    benchmark:
+        bench_for("predict_slide", "{arm}/{slide}")
+    conda:
+        ENV
+    shell:
+        "sedm predict --config {input.config:q} --model {input.model:q} --store {input.store:q}"
+        " --out {output.prediction:q} --overlay {output.overlay:q} --geojson {output.geojson:q}"
+        " --threads {threads} 2> {log:q}"
