@@ -1,6 +1,7 @@
 # Config and sample-sheet validation (at parse time, through sedm.config so the CLI gives the same
 # errors), output paths in one place, and the per-stage config snapshots.
 import json
+import os
 from pathlib import Path
 
 from sedm.config import stage_config, validate_config, load_samples
@@ -18,6 +19,8 @@ ROLE = SAMPLES["role"].to_dict()
 LABELLED = [s for s in SLIDES if ROLE[s] == "labelled"]
 UNLABELLED = [s for s in SLIDES if ROLE[s] == "unlabelled"]
 TEST = [s for s in SLIDES if ROLE[s] == "test"]
+ARMS = list(config["segmentation"]["arms"])
+EVAL_FILES = ("summary.json", "summary.csv", "per_patient.parquet", "per_patient.csv", "per_slide.parquet", "per_slide.csv")
 ENV = "../../envs/sedm.yaml"
 
 
@@ -73,5 +76,32 @@ def annotation_input(wildcards):
     return [path] if path else []
 
 
+def eval_files(*names):
+    return [os.path.join(paths.eval_dir, name) for name in names]
+
+
 def final_targets():
-    return [paths.tiling_summary, f"{paths.eval_dir}/summary.json", paths.report_html]
+    """The report, and everything it summarises; evaluation only when there are test slides."""
+    return [paths.tiling_summary, paths.diffusion_model, paths.report_html] + (eval_files("summary.json") if TEST else [])
+
+
+def report_inputs(wildcards):
+    """Every output the report shows that this workflow's DAG produces."""
+    arms = config["segmentation"]["arms"]
+    synthetic = bool(UNLABELLED) and any(arm["synthetic"] for arm in arms.values())
+    inputs = {
+        "samples": config["samples"],
+        "config": stage_cfg("report"),
+        "tiling_summary": paths.tiling_summary,
+        "qc": expand(paths.tissue_qc, slide=SLIDES),
+        "seg_models": expand(paths.seg_model, arm=list(arms)),
+    }
+    if synthetic:  # the diffusion model is trained only when an arm uses synthetic data
+        inputs["diffusion_model"] = paths.diffusion_model
+        inputs["montages"] = expand(paths.synthesis_montage, slide=UNLABELLED)
+        inputs["synthesis_stats"] = expand(paths.synthesis_stats, slide=UNLABELLED)
+    if TEST:
+        inputs["eval"] = eval_files("summary.json", "per_patient.csv", "per_slide.csv")
+        inputs["overlays"] = expand(paths.prediction_overlay, arm=list(arms), slide=TEST)
+    return inputs
+

@@ -1,8 +1,4 @@
 # Per-patient evaluation of every arm on the test slides, with paired comparisons to the baseline arm.
-import os
-
-EVAL_FILES = ["summary.json", "summary.csv", "per_patient.parquet", "per_patient.csv", "per_slide.parquet",
-              "per_slide.csv"]
 
 
 rule evaluate:
@@ -12,7 +8,7 @@ rule evaluate:
         samples=config["samples"],
         config=stage_cfg("evaluation"),
     output:
-        [f"{paths.eval_dir}/{name}" for name in EVAL_FILES],
+        eval_files(*EVAL_FILES),
     params:
         predictions=[f"{arm}={paths.prediction.format(arm=arm, slide=s)}" for arm in ARMS for s in TEST],
         out=lambda w, output: os.path.dirname(output[0]),

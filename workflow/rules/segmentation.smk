@@ -1,7 +1,6 @@
 # Segmentation arms: one model per arm (real / stain-augmented / + synthetic data), then every test
 # slide segmented by every arm.
 
-ARMS = list(config["segmentation"]["arms"])
 
 
 wildcard_constraints:

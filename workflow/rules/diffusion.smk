@@ -1,0 +1,43 @@
+# The layout+style conditioned diffusion model (STEDM), trained on the labelled slides only.
+# The run directory (checkpoints, train_log.csv, preview grids) is deliberately not an output:
+# Snakemake deletes the outputs of failed jobs, and checkpoints must survive a preempted or failed
+# job so that the rerun resumes (`--resume auto`; a checkpoint is only resumed when the config and
+# the stores match). On SIGTERM/SIGUSR1 the trainer checkpoints and exits 75, so `--retries` or a
+# SLURM requeue continues the run.
+
+DIFFUSION = config["diffusion"]
+
+
+rule train_diffusion:
+    input:
+        stores=expand(paths.store, slide=LABELLED),
+        tables=expand(paths.tile_table, slide=LABELLED),
+        unlabelled=expand(paths.store, slide=UNLABELLED) if DIFFUSION["use_unlabelled"] else [],
+        unlabelled_tables=expand(paths.tile_table, slide=UNLABELLED) if DIFFUSION["use_unlabelled"] else [],
+        config=stage_cfg("diffusion"),
+    output:
+        directory(paths.diffusion_model),
+    params:
+        # one process on CPU / one GPU; one DDP process per GPU (torchrun) when gpus > 1
+        launcher=(
+            f"torchrun --standalone --nproc_per_node {DIFFUSION['gpus']} -m sedm.cli"
+            if DIFFUSION["gpus"] > 1
+            else "sedm"
+        ),
+        run_dir=paths.diffusion_run,
+        unlabelled=lambda w, input: ["--unlabelled-stores", *input.unlabelled] if input.unlabelled else [],
+    threads: DIFFUSION["threads"]
+    resources:
+        gpu=DIFFUSION["gpus"],
+        mem_mb=DIFFUSION["mem_mb"],
+        runtime=DIFFUSION["runtime_min"],
+    log:
+        log_for("train_diffusion", "model"),
+    benchmark:
+        bench_for("train_diffusion", "model")
+    conda:
+        ENV
+    shell:
+        "{params.launcher} train-diffusion --config {input.config:q} --stores {input.stores:q}"
+        " {params.unlabelled:q} --out {output:q} --run-dir {params.run_dir:q} --resume auto"
+        " --threads {threads} 2> {log:q}"
