@@ -5,12 +5,18 @@ Run: ``python benchmarks/tiling.py [--sizes 8192 16384] [--threads 2] [--workdir
 For each slide size a synthetic H&E-like pyramidal TIFF (mostly tissue, JPEG tiles) is written,
 then, at a target µm/px equal to one of its pyramid levels:
 
-* sedm: ``tile_slide`` in a child process (so its peak RSS is its own), tiles/s over the whole run
-  (thumbnail, tissue detection, reads, labels, pyramid, writes, table);
+* sedm: ``tile_slide`` in a child process (so its peak RSS is its own), tiles/s over the whole call
+  (thumbnail, tissue detection, reads, labels, pyramid, writes, table); the modules it imports are
+  imported before the clock starts (interpreter start-up is not tiling), and user and kernel CPU
+  time per tile are reported separately;
 * naive: openslide ``read_region`` + PIL PNG save per tile, one thread (the CLAM/histolab habit),
   over the same tissue tiles (the first ``--naive-tiles`` of them);
 * decode: tifffile reading and decoding every tile of that level, one thread: the ceiling a
-  single core reaches before anything is written.
+  single core reaches before anything is written;
+* decode+write: the same, plus writing what a store keeps of each tile (its pixels and 2x/4x
+  subsamples: 1.33x the decoded bytes) into one new file per 32 tiles: the floor of any tiler that
+  stores decoded pixels on this file system;
+* store read: random tissue tiles read back through ``SlideStore.read_image``, one thread.
 
 Ratios use the largest slide. The peak RSS of every size is printed: it must not grow with the
 slide. The last line is one JSON object with the figures.
@@ -92,6 +98,9 @@ def peak_rss_mb() -> float:
 
 
 def child(args: argparse.Namespace) -> None:
+    import sedm.annotations  # noqa: F401  (imported by tile_slide; start-up, not tiling)
+    import sedm.slides  # noqa: F401
+    import sedm.tissue  # noqa: F401
     from sedm.config import validate_config
     from sedm.tiling import tile_slide
 
@@ -107,16 +116,18 @@ def child(args: argparse.Namespace) -> None:
         sedm.store.compressor = lambda: codec
     out = Path(args.child_out)
     t0 = time.perf_counter()
-    c0 = time.process_time()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     result = tile_slide(args.child, slide_id="bench", config=config, out=out / "bench.zarr",
                         table=out / "bench.tiles.parquet", qc=out / "bench.qc.png", threads=args.threads,
                         progress=False)
     dt = time.perf_counter() - t0
-    cpu = time.process_time() - c0
-    rss_mb = peak_rss_mb()
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    n = max(1, len(result.table))
+    user, kernel = 1e3 * (r1.ru_utime - r0.ru_utime) / n, 1e3 * (r1.ru_stime - r0.ru_stime) / n
     print(json.dumps({"n_tiles": len(result.table), "seconds": dt, "tiles_per_s": len(result.table) / dt,
-                      "cpu_ms_per_tile": 1e3 * cpu / max(1, len(result.table)),
-                      "peak_rss_mb": rss_mb, "fast_read": result.fast_read, "direct_write": result.direct_write}))
+                      "cpu_ms_per_tile": user + kernel, "user_ms_per_tile": user, "sys_ms_per_tile": kernel,
+                      "peak_rss_mb": peak_rss_mb(), "fast_read": result.fast_read,
+                      "direct_write": result.direct_write}))
 
 
 def naive(slide: Path, coords: list[tuple[int, int]], level: int, tile: int, out: Path) -> float:
@@ -144,6 +155,53 @@ def raw_decode(slide: Path, level: int) -> tuple[float, float, int]:
         t0, c0 = time.perf_counter(), time.process_time()
         n = sum(1 for _ in page.segments(maxworkers=1))
         return n / (time.perf_counter() - t0), 1e3 * (time.process_time() - c0) / n, n
+
+
+def decode_write(slide: Path, level: int, out: Path, tiles_per_file: int = 32) -> float:
+    """tifffile decode of every tile of ``level`` plus writing its pixels and 2x/4x subsamples into a
+    new file per ``tiles_per_file`` tiles, one thread; tiles/s."""
+    import shutil
+
+    import tifffile
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    with tifffile.TiffFile(slide) as tif:
+        page = tif.pages[level]
+        t0, n, pieces = time.perf_counter(), 0, []
+        for tile, _, _ in page.segments(maxworkers=1):
+            tile = np.asarray(tile).reshape(tile.shape[-3:])
+            pieces += [tile.tobytes(), tile[::2, ::2].tobytes(), tile[::4, ::4].tobytes()]
+            n += 1
+            if n % tiles_per_file == 0:
+                _write_file(out / f"{n}", pieces)
+                pieces = []
+        if pieces:
+            _write_file(out / f"{n}", pieces)
+        dt = time.perf_counter() - t0
+    shutil.rmtree(out, ignore_errors=True)
+    return n / dt
+
+
+def _write_file(path: Path, pieces: list[bytes]) -> None:
+    """One write per piece, as sedm.zarr_shards does (one huge write costs more kernel time)."""
+    with open(path, "wb", buffering=0) as fh:
+        for piece in pieces:
+            fh.write(piece)
+
+
+def store_read(store: Path, n: int = 500, seed: int = 0) -> float:
+    """Random tissue tiles read through ``SlideStore.read_image`` (level 0), one thread; tiles/s."""
+    from sedm.store import SlideStore
+
+    st = SlideStore(store)
+    table = st.tiles()
+    rows = np.random.default_rng(seed).choice(len(table), size=min(n, len(table)), replace=False)
+    t = st.tile_size
+    t0 = time.perf_counter()
+    for i in rows:
+        st.read_image(int(table["y"].iloc[i]), int(table["x"].iloc[i]), t, t)
+    return len(rows) / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -181,7 +239,8 @@ def main() -> None:
             runs[size] = run_sedm_child(slide, work / f"out_{size}", target, args.tile, args.threads, args.compressor)
             r = runs[size]
             print(f"sedm  {size:>6} px: {r['n_tiles']} tiles in {r['seconds']:.2f}s = {r['tiles_per_s']:.0f} tiles/s, "
-                  f"{r['cpu_ms_per_tile']:.2f} CPU ms/tile, peak RSS {r['peak_rss_mb']:.0f} MB "
+                  f"{r['cpu_ms_per_tile']:.2f} CPU ms/tile ({r['user_ms_per_tile']:.2f} user + "
+                  f"{r['sys_ms_per_tile']:.2f} kernel), peak RSS {r['peak_rss_mb']:.0f} MB "
                   f"(fast read {r['fast_read']}, direct write {r['direct_write']}, codec {args.compressor})")
         big = max(args.sizes)
         slide = work / f"slide_{big}.tif"
@@ -191,21 +250,29 @@ def main() -> None:
         coords = list(zip(table["y"], table["x"]))[: args.naive_tiles]
         naive_tps = naive(slide, coords, args.level, args.tile, work / "naive_png")
         decode_tps, decode_cpu, n_level = raw_decode(slide, args.level)
+        floor_tps = decode_write(slide, args.level, work / "decode_write")
+        read_tps = store_read(work / f"out_{big}" / "bench.zarr")
         sedm_tps = runs[big]["tiles_per_s"]
         print(f"naive (openslide read_region + PNG save, 1 thread): {naive_tps:.0f} tiles/s over {len(coords)} tiles")
         print(f"raw decode (tifffile, 1 thread): {decode_tps:.0f} tiles/s, {decode_cpu:.2f} CPU ms/tile "
               f"over {n_level} tiles")
-        print(f"sedm vs naive: {sedm_tps / naive_tps:.2f}x   sedm vs raw decode: {sedm_tps / decode_tps:.2f}x "
-              f"({args.threads} threads, {os.cpu_count()} CPUs)")
+        print(f"decode + write 1.33x the pixels (1 thread): {floor_tps:.0f} tiles/s")
+        print(f"store read (SlideStore.read_image, 1 thread): {read_tps:.0f} tiles/s "
+              f"= {read_tps / decode_tps:.2f}x raw decode")
+        print(f"sedm vs naive: {sedm_tps / naive_tps:.2f}x   sedm vs raw decode: {sedm_tps / decode_tps:.2f}x   "
+              f"sedm vs decode+write: {sedm_tps / floor_tps:.2f}x ({args.threads} threads, {os.cpu_count()} CPUs)")
         small = min(args.sizes)
         print(json.dumps({
             "tiles_per_s": round(sedm_tps, 1), "vs_naive": round(sedm_tps / naive_tps, 2),
-            "vs_decode": round(sedm_tps / decode_tps, 2), "peak_rss_mb": round(runs[big]["peak_rss_mb"], 1),
+            "vs_decode": round(sedm_tps / decode_tps, 2), "vs_decode_write": round(sedm_tps / floor_tps, 2),
+            "peak_rss_mb": round(runs[big]["peak_rss_mb"], 1),
             "slide_px": big, "n_tiles": runs[big]["n_tiles"], "peak_rss_mb_small": round(runs[small]["peak_rss_mb"], 1),
             "slide_px_small": small, "tiles_per_s_small": round(runs[small]["tiles_per_s"], 1),
             "naive_tiles_per_s": round(naive_tps, 1), "decode_tiles_per_s": round(decode_tps, 1),
             "threads": args.threads, "target_mpp": target, "tile_size": args.tile, "compressor": args.compressor,
-            "cpu_ms_per_tile": round(runs[big]["cpu_ms_per_tile"], 3), "decode_cpu_ms_per_tile": round(decode_cpu, 3),
+            "cpu_ms_per_tile": round(runs[big]["cpu_ms_per_tile"], 3),
+            "sys_ms_per_tile": round(runs[big]["sys_ms_per_tile"], 3), "decode_cpu_ms_per_tile": round(decode_cpu, 3),
+            "decode_write_tiles_per_s": round(floor_tps, 1), "store_read_tiles_per_s": round(read_tps, 1),
             "load_avg_1min": round(os.getloadavg()[0], 2),
         }))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -22,8 +23,10 @@ from sedm.config import validate_config
 from sedm.demo.tiff import write_pyramidal_tiff
 from sedm.slides import open_slide
 from sedm.store import TILE_COLUMNS, SlideStore, fraction_columns, tile_table_path
+from sedm import store as store_module
 from sedm import tiling
-from sedm.tiling import ChunkWriter, Grid, _run_bounded, nearest_index, tile_slide, tile_tissue_counts
+from sedm.tiling import Block, Grid, _run_bounded, nearest_index, shard_blocks, tile_slide, tile_tissue_counts
+from sedm.zarr_shards import ShardWriter, read_shard_index
 
 CLASSES = ["tumour", "stroma", "necrosis"]
 W0, H0, MPP0 = 1100, 1000, 0.5
@@ -83,9 +86,21 @@ def tiled(inputs, tmp_path_factory):
     return out / "s1.zarr", result
 
 
-def _chunk_cells(array_dir: Path, image: bool) -> set[tuple[int, int]]:
-    base = array_dir / "c" / "0" if image else array_dir / "c"
-    return {(int(f.parent.name), int(f.name)) for f in base.glob("*/*") if f.is_file()}
+def _stored(store: Path, name: str) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
+    """(tile cells whose chunk is stored, (row, shard) of every shard file) of array ``name``, read
+    from the shard files and their indexes, not through zarr."""
+    arr = zarr.open_array(str(store / name), mode="r")
+    per = [s // c for s, c in zip(arr.shards, arr.chunks)]
+    base = store / name / "c"
+    cells, shards = set(), set()
+    for f in (f for f in base.rglob("*") if f.is_file()):
+        key = tuple(int(v) for v in f.relative_to(base).parts)
+        shards.add(key[-2:])
+        index = read_shard_index(f, math.prod(per))
+        for flat in np.flatnonzero(index[:, 0] != np.uint64(2**64 - 1)):
+            local = np.unravel_index(flat, per)
+            cells.add(tuple(int(k * n + i) for k, n, i in zip(key, per, local))[-2:])
+    return cells, shards
 
 
 def test_store_metadata_and_provenance(tiled, inputs):
@@ -153,14 +168,36 @@ def test_only_tissue_tiles_are_written(tiled):
     table = SlideStore(path).tiles()
     cells = set(zip(table["row"], table["col"]))
     assert len(cells) < 4 * 5  # some glass tiles were skipped
+    rows_with_tissue = {(r, 0) for r, _ in cells}  # 5 tile columns: one shard per tile row
     for k in range(3):
-        assert _chunk_cells(path / str(k), image=True) == cells
-    assert _chunk_cells(path / "labels" / "tissue" / "0", image=False) == cells
-    assert _chunk_cells(path / "labels" / "annotation" / "0", image=False) <= cells
+        assert _stored(path, str(k)) == (cells, rows_with_tissue)
+    assert _stored(path, "labels/tissue/0") == (cells, rows_with_tissue)
+    assert _stored(path, "labels/annotation/0")[0] <= cells
     # geometry: tissue spans level-0 y 300..900, x 500..1100 -> target y 150..450, x 250..550
     assert (2, 2) in cells and (0, 0) not in cells and (3, 4) in cells
     assert table.set_index(["row", "col"]).loc[(2, 2), "tissue_fraction"] == pytest.approx(1.0)
     assert (table["tissue_fraction"] >= 0.05).all()
+
+
+def test_small_shards_read_back_identically(tiled, inputs, tmp_path, monkeypatch):
+    """Shards of 2 tiles: several shards per row, the last one reaching past the array's edge."""
+    path, _ = tiled
+    monkeypatch.setattr(store_module, "SHARD_TILES", 2)
+    _run(tmp_path, inputs["slide"], inputs["ann"])
+    small = tmp_path / "s1.zarr"
+    a, b = zarr.open_group(str(path), mode="r"), zarr.open_group(str(small), mode="r")
+    assert b["0"].shards == (3, TILE, 2 * TILE) and b["labels/tissue/0"].shards == (TILE, 2 * TILE)
+    for name in ("0", "1", "2", "labels/annotation/0", "labels/tissue/0"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])
+    cells = set(zip(SlideStore(small).tiles()["row"], SlideStore(small).tiles()["col"]))
+    assert _stored(small, "0") == (cells, {(r, c // 2) for r, c in cells})
+
+
+def test_shard_blocks_group_cells_by_shard():
+    cells = [(0, 1), (0, 2), (0, 3), (0, 4), (2, 0), (2, 1)]
+    assert list(shard_blocks(cells, 2)) == [Block(0, (1,)), Block(0, (2, 3)), Block(0, (4,)), Block(2, (0, 1))]
+    assert list(shard_blocks(cells, 32)) == [Block(0, (1, 2, 3, 4)), Block(2, (0, 1))]
+    assert list(shard_blocks([], 4)) == []
 
 
 def test_tile_table_fractions_match_store(tiled):
@@ -204,7 +241,8 @@ def test_empty_tissue_gives_empty_outputs(inputs, tmp_path, caplog):
     assert table["tissue_fraction"].dtype == np.float32
     store = SlideStore(tmp_path / "s1.zarr")
     assert store.attrs["n_tiles"] == 0 and result.table.empty
-    assert not any(p.is_file() for p in (tmp_path / "s1.zarr").rglob("c/*"))
+    store_files = [p.relative_to(tmp_path / "s1.zarr") for p in (tmp_path / "s1.zarr").rglob("*") if p.is_file()]
+    assert store_files and all(p.name == "zarr.json" for p in store_files)  # metadata only, no shard
 
 
 def test_failure_midway_leaves_no_output(inputs, tmp_path, monkeypatch):
@@ -256,29 +294,68 @@ def test_rerun_is_identical(tiled, inputs, tmp_path):
     pd.testing.assert_frame_equal(first.table, SlideStore(path).tiles())
 
 
-def test_chunk_writer_bytes_equal_zarr(tmp_path):
+def test_shard_writer_bytes_equal_zarr(tmp_path):
     from sedm.store import create_store
 
-    root = create_store(tmp_path / "a.zarr", slide_id="a", height=64, width=64, mpp=1.0, tile_size=32, levels=1,
-                        classes=CLASSES, provenance={})
-    ref = create_store(tmp_path / "b.zarr", slide_id="a", height=64, width=64, mpp=1.0, tile_size=32, levels=1,
-                       classes=CLASSES, provenance={})
-    chunk = np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8)
-    writer = ChunkWriter(root["0"], tmp_path / "a.zarr")
-    assert writer.direct
-    assert writer.write((0, 1, 0), chunk)
-    ref["0"][:, 32:64, 0:32] = chunk
-    assert (tmp_path / "a.zarr/0/c/0/1/0").read_bytes() == (tmp_path / "b.zarr/0/c/0/1/0").read_bytes()
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "a.zarr/0"), mode="r")[:, 32:, :32], chunk)
-    assert not writer.write((0, 0, 0), np.full((3, 32, 32), 255, np.uint8))  # fill value: not stored
+    def store(name: str):
+        return create_store(tmp_path / name, slide_id="a", height=64, width=128, mpp=1.0, tile_size=32, levels=1,
+                            classes=CLASSES, provenance={}, shard_tiles=2)
+
+    root, ref = store("a.zarr"), store("b.zarr")
+    rng = np.random.default_rng(0)
+    chunks = rng.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    glass = np.full((3, 32, 32), 255, np.uint8)
+    writer = ShardWriter(root["0"], tmp_path / "a.zarr")
+    assert writer.direct and writer.per_shard == (1, 1, 2)
+    # shard (row 1, shard 0): both chunks; shard (row 0, shard 1): second chunk only, first is glass
+    assert writer.write({(0, 1, 0): chunks[0], (0, 1, 1): chunks[1]}) == 2
+    assert writer.write({(0, 0, 2): glass, (0, 0, 3): chunks[2]}) == 1
+    assert writer.write({(0, 0, 0): glass}) == 0  # only the fill value: no shard file
+    ref["0"][:, 32:64, 0:64] = np.concatenate([chunks[0], chunks[1]], axis=2)
+    ref["0"][:, 0:32, 64:128] = np.concatenate([glass, chunks[2]], axis=2)
+    for key in ("1/0", "0/1"):
+        assert (tmp_path / f"a.zarr/0/c/0/{key}").read_bytes() == (tmp_path / f"b.zarr/0/c/0/{key}").read_bytes()
     assert not (tmp_path / "a.zarr/0/c/0/0/0").exists()
-    labels = ChunkWriter(root["labels/tissue/0"], tmp_path / "a.zarr")
-    for cell in ((0, 1), (1, 1)):  # a constant chunk: encoded once, reused
-        assert labels.write(cell, np.ones((32, 32), np.uint8))
-    ref["labels/tissue/0"][:, 32:] = 1
-    for cell in ("0/1", "1/1"):
-        assert (tmp_path / f"a.zarr/labels/tissue/0/c/{cell}").read_bytes() == \
-            (tmp_path / f"b.zarr/labels/tissue/0/c/{cell}").read_bytes()
+    got = zarr.open_array(str(tmp_path / "a.zarr/0"), mode="r")
+    np.testing.assert_array_equal(got[:], ref["0"][:])
+    assert (read_shard_index(tmp_path / "a.zarr/0/c/0/0/1", 2)[0] == np.uint64(2**64 - 1)).all()  # empty chunk
+    with pytest.raises(ValueError, match="different shards"):
+        writer.write({(0, 0, 0): chunks[0], (0, 0, 2): chunks[1]})
+    labels = ShardWriter(root["labels/tissue/0"], tmp_path / "a.zarr")
+    assert labels.write({(0, 2): np.ones((32, 32), np.uint8), (0, 3): np.ones((32, 32), np.uint8)}) == 2
+    ref["labels/tissue/0"][0:32, 64:128] = 1
+    assert (tmp_path / "a.zarr/labels/tissue/0/c/0/1").read_bytes() == \
+        (tmp_path / "b.zarr/labels/tissue/0/c/0/1").read_bytes()
+
+
+def test_short_writes_are_completed(tmp_path, monkeypatch):
+    import os
+
+    from sedm import zarr_shards
+
+    real = os.write  # short writes: at most 5 bytes of what was asked for, as a signal may cause
+    monkeypatch.setattr(zarr_shards.os, "write", lambda fd, data: real(fd, bytes(data)[:5]))
+    pieces = [b"abcdefgh", b"", b"ij", b"klmnopqrstuvwxyz"]
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        zarr_shards._write_all(fd, pieces)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"".join(pieces)
+
+
+def test_shard_writer_falls_back_to_zarr_for_other_codecs(tmp_path):
+    root = zarr.open_group(str(tmp_path / "g.zarr"), mode="w", zarr_format=3)
+    arr = root.create_array("x", shape=(40, 100), chunks=(20, 20), shards=(20, 60), dtype="uint8", fill_value=0,
+                            compressors=None)  # no blosc: not the layout the fast path writes
+    writer = ShardWriter(arr, tmp_path / "g.zarr")
+    assert not writer.direct
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(1, 256, (2, 20, 20), dtype=np.uint8)
+    assert writer.write({(1, 3): a, (1, 4): b}) == 2  # the edge shard: columns 60..120 of a 100 wide array
+    expected = np.zeros((40, 100), np.uint8)
+    expected[20:40, 60:80], expected[20:40, 80:100] = a, b
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "g.zarr/x"), mode="r")[:], expected)
 
 
 def test_tile_tissue_counts_equal_upsampled_mask():
