@@ -9,9 +9,11 @@ configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/cluster.smk"
 include: "workflow/rules/config.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/tiling.smk"
+include: "workflow/rules/diffusion.smk"
 include: "workflow/rules/synthesis.smk"
 include: "workflow/rules/segmentation.smk"
 include: "workflow/rules/evaluation.smk"

@@ -22,6 +22,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo-cohort": ("sedm.demo.cohort", "generate the synthetic demo cohort (slides, GeoJSON, samples.tsv)"),
     "tile": ("sedm.tiling", "tile one slide into a Zarr v3 store plus a tile table"),
     "tiling-summary": ("sedm.tiling_summary", "aggregate the tile tables of all slides"),
+    "train-diffusion": ("sedm.diffusion.train", "train the layout+style conditioned diffusion model (STEDM)"),
+    "synthesize": ("sedm.synthesis.synthesize", "generate labelled synthetic data in the style of one unlabelled slide"),
+    "stylize": ("sedm.synthesis.stylize", "restyle image tiles zero-shot to the style of a slide or image folder"),
+    "train-seg": ("sedm.segmentation.train", "train one segmentation arm (real, stain-augmented, + synthetic)"),
+    "predict": ("sedm.segmentation.predict", "segment one slide store with a trained arm (Zarr, overlay PNG, GeoJSON)"),
+    "evaluate": ("sedm.evaluation.evaluate", "per-patient Dice/IoU of every arm on the test slides, paired comparisons"),
+    "report": ("sedm.report.build", "write the self-contained HTML report over a results folder"),
+    "profile": ("sedm.profile", "install the Snakemake profile for a SLURM cluster (or one machine) as a user profile"),
 }
 
 

@@ -19,7 +19,8 @@ from sedm.errors import InputError
 from sedm.store import SlideStore
 from sedm.synthesis import synthesize as synth_mod
 from sedm.synthesis.layouts import Augmentation, LayoutSampler, augmented_window, class_probabilities
-from sedm.synthesis.shards import partial_dir, read_provenance, samples_for_slide
+from sedm.synthesis.counts import samples_for_slide
+from sedm.synthesis.shards import partial_dir, read_provenance
 from sedm.synthesis.styles import StoreStyleSource
 from sedm.training import EXIT_REQUEUE
 from test_synthesis_fixtures import CLASSES, MPP, PATCH, TILE, make_model, make_store

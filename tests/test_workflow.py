@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -11,31 +12,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from sedm.demo.cohort import cohort_slides, demo_counts, sample_sheet, sample_sheet_text
+from _workflow_helpers import REPO, make_workdir, snakemake
 from sedm.store import SlideStore
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def make_workdir(path: Path, **overrides) -> Path:
-    """A workdir holding the tiny test config and its generated sample sheet."""
-    config = yaml.safe_load((REPO / ".test/config.yaml").read_text())
-    for key, value in overrides.items():
-        config[key] = {**config.get(key, {}), **value}
-    (path / "config.yaml").write_text(yaml.safe_dump(config))
-    slides = cohort_slides(*demo_counts(config["demo"]))
-    (path / "samples.tsv").write_text(sample_sheet_text(sample_sheet(config["demo"]["out"], slides)))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +64,26 @@ def test_lint_is_clean():
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(REPO / "Snakefile"),
                            "--directory", str(REPO)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_rules_find_sedm_without_it_on_path(tiled, tmp_path):
+    """Under `--sdm conda` the rule env has sedm's dependencies but no `sedm` command: the workflow's
+    shell prefix then runs this checkout's package with the env's Python (here: a PATH holding only python)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    path = os.pathsep.join([str(bin_dir), "/usr/bin", "/bin"])
+    if shutil.which("sedm", path=path):
+        pytest.skip("a system-wide sedm is on /usr/bin")
+    target = tiled / "results/config/evaluation.json"
+    target.unlink(missing_ok=True)
+    proc = snakemake(tiled, str(target.relative_to(tiled)), env={"PATH": path})
+    assert "Finished jobid" in proc.stdout + proc.stderr
+    assert yaml.safe_load(target.read_text())["evaluation"]["baseline"] == "real"
+
+
+def test_segmentation_on_several_gpus_is_an_error(tiled):
+    """Segmentation has no DDP: a profile asking for two GPUs fails before any job runs."""
+    proc = snakemake(tiled, "--dry-run", "--forceall", "--set-resources", "train_segmentation:gpu=2", check=False)
+    assert proc.returncode != 0
+    assert "segmentation training and prediction use one GPU" in proc.stdout + proc.stderr

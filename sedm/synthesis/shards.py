@@ -8,7 +8,7 @@ job skips the shards already there and ends with byte-identical arrays. The work
 key (hash of config, model weights and inputs); a folder made for anything else is discarded.
 When every shard exists, the final store is assembled in a temporary sibling and renamed.
 
-Pure NumPy/Zarr here (no torch), so the workflow can import :func:`samples_for_slide` cheaply.
+Pure NumPy/Zarr here (no torch).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import pandas as pd
 import zarr
 
 from sedm.atomic import atomic_path
-from sedm.errors import InputError
 from sedm.store import compressor
 
 log = logging.getLogger(__name__)
@@ -44,22 +43,6 @@ the augmentation (affine warp about the window centre, then ``rot90`` counter-cl
 turns, then flips); ``style_slide``, ``style_y``/``style_x`` (lists, one entry per style patch):
 the top-left pixels of the style patches in the unlabelled slide's store."""
 MANIFEST = "manifest.json"
-
-
-def samples_for_slide(synthesis: dict[str, Any], slide_id: str, slides: list[str]) -> int:
-    """Number of samples for ``slide_id``: ``per_slide``, or ``total`` spread evenly over ``slides``
-    (the first ``total % len(slides)`` slides in the given order get one more)."""
-    per, total = synthesis.get("per_slide"), synthesis.get("total")
-    if (per is None) == (total is None):
-        raise InputError(None, "synthesis.per_slide / synthesis.total", "exactly one must be set",
-                         "set per_slide (samples per unlabelled slide) or total (spread over them), the other null")
-    if per is not None:
-        return int(per)
-    if slide_id not in slides:
-        raise InputError(None, "slide", f"{slide_id!r} is not among the style slides {slides}",
-                         "pass the slide's ID as it is in the sample sheet")
-    i = slides.index(slide_id)
-    return int(total) // len(slides) + (1 if i < int(total) % len(slides) else 0)
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,11 @@ from sedm.demo.seeds import rng_for
 from sedm.errors import InputError
 from sedm.labels import class_values
 from sedm.store import tile_table_path
+from sedm.synthesis.counts import samples_for_slide
 from sedm.synthesis.generate import Generator, check_model, model_sha256
 from sedm.synthesis.layouts import LayoutSampler
 from sedm.synthesis.montage import write_montage
-from sedm.synthesis.shards import Shard, ShardDir, assemble_store, partial_dir, plan_shards, samples_for_slide
+from sedm.synthesis.shards import Shard, ShardDir, assemble_store, partial_dir, plan_shards
 from sedm.synthesis.stats import HedAccumulator, synthesis_stats
 from sedm.synthesis.styles import StoreStyleSource, StyleSource
 

@@ -1,4 +1,9 @@
 # Per-stage config snapshots: a stage reruns when (and only when) the sections it reads change.
+# Writing one is instant, so on a cluster it runs on the submit host instead of waiting in the queue;
+# it has no benchmark: for the same reason.
+
+localrules:
+    stage_config,
 
 
 rule stage_config:

@@ -12,6 +12,8 @@ if config["demo"]["enabled"]:
             out=lambda w, output: Path(output.slide).parent.parent,
         log:
             log_for("demo_cohort"),
+        benchmark:
+            bench_for("demo_cohort")
         conda:
             ENV
         shell:

@@ -22,6 +22,7 @@ rule train_segmentation:
     params:
         run_dir=lambda w: paths.seg_run.format(arm=w.arm),
         synthetic=lambda w, input: ["--synthetic", *input.synthetic] if input.synthetic else [],
+        one_gpu=one_gpu,
     threads: config["segmentation"]["threads"]
     resources:
         gpu=config["segmentation"]["gpus"],
@@ -48,6 +49,8 @@ rule predict_slide:
         prediction=directory(paths.prediction),
         overlay=paths.prediction_overlay,
         geojson=paths.prediction_geojson,
+    params:
+        one_gpu=one_gpu,
     threads: config["segmentation"]["threads"]
     resources:
         gpu=config["segmentation"]["gpus"],

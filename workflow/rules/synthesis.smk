@@ -1,7 +1,7 @@
 # Synthetic labelled data in the style of every unlabelled slide: layouts from the labelled slides,
 # style patches from the unlabelled slide, one job per unlabelled slide. A killed job resumes from
 # its finished shards (kept in <store>.partial/, deliberately not an output) and exits 75 on SIGTERM.
-from sedm.synthesis.shards import samples_for_slide
+from sedm.synthesis.counts import samples_for_slide
 
 # per-slide statistics (HED means/stds, style fidelity) for the report, next to the montage
 paths.synthesis_stats = paths.synthesis_montage.replace(".montage.png", ".stats.json")

@@ -35,6 +35,8 @@ rule tiling_summary:
         paths.tiling_summary,
     log:
         log_for("tiling_summary", "all"),
+    benchmark:
+        bench_for("tiling_summary", "all")
     conda:
         ENV
     shell:

@@ -1,0 +1,1 @@
+"""Datasets that read patches from the per-slide Zarr stores (``sedm.store``)."""

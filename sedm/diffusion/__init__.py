@@ -1,0 +1,1 @@
+"""Diffusion outside the network: noise schedules, the sampling pipeline, training and checkpoints."""

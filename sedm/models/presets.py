@@ -1,0 +1,66 @@
+"""Model size presets and the mapping from the config's ``diffusion`` section to a :class:`StedmConfig`.
+
+* ``tiny``: CPU tests and the demo (64 px patches, ~1.5 M parameters): learns colour, layout and
+  coarse texture within minutes on two cores.
+* ``paper``: close to STEDM's scale (~100 M parameters) for GPUs: 256 px pixel-space patches at
+  ~1 µm/px (or 512 px at ~2 µm/px via ``patch_size``), five UNet levels down to 16x16, self-attention
+  at the two coarsest levels as STEDM, which attended only in its bottleneck region.
+
+Every preset value can be overridden by the key of the same name in the ``diffusion`` section; a
+``null`` there means "take the preset's".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sedm.errors import InputError
+from sedm.models.stedm import StedmConfig
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(patch_size=64, block_out_channels=[32, 64, 64], layers_per_block=1,
+                 attention_levels=[False, False, True], attention_head_dim=32, norm_num_groups=8,
+                 style_dim=64, style_encoder_channels=[16, 32, 64], n_style=2),
+    "paper": dict(patch_size=256, block_out_channels=[128, 192, 256, 384, 512], layers_per_block=2,
+                  attention_levels=[False, False, False, True, True], attention_head_dim=64, norm_num_groups=32,
+                  style_dim=256, style_encoder_channels=[32, 64, 128, 256], n_style=4),
+}
+OVERRIDABLE = ("patch_size", "style_patch_size", "block_out_channels", "layers_per_block", "attention_levels",
+               "attention_head_dim", "norm_num_groups", "style_dim", "style_encoder_channels", "n_style")
+_BETAS = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012), "squaredcos_cap_v2": (1e-4, 0.02)}
+"""Default (beta_start, beta_end) per schedule: DDPM's for linear, latent diffusion's for scaled_linear."""
+
+
+def model_config(diffusion: dict[str, Any], classes: list[str], *, latent_factor: int = 1,
+                 latent_channels: int = 3, latent_scaling_factor: float = 1.0, latent_shift_factor: float = 0.0,
+                 mpp: float | None = None) -> StedmConfig:
+    """Resolve preset + overrides of a validated ``diffusion`` config section into a model config."""
+    preset = diffusion.get("preset", "tiny")
+    if preset not in PRESETS:
+        raise InputError(None, "diffusion.preset", f"unknown preset {preset!r}", f"use one of {sorted(PRESETS)}")
+    values = dict(PRESETS[preset])
+    for key in OVERRIDABLE:
+        if diffusion.get(key) is not None:
+            values[key] = diffusion[key]
+    if values.get("style_patch_size") is None:
+        values["style_patch_size"] = values["patch_size"]
+    schedule = diffusion.get("beta_schedule", "auto")
+    if schedule == "auto":  # DDPM's betas suit pixels; latents (unit variance, 8x smaller) want LDM's
+        schedule = "scaled_linear" if latent_factor > 1 else "linear"
+    beta_start = diffusion.get("beta_start") or _BETAS[schedule][0]
+    beta_end = diffusion.get("beta_end") or _BETAS[schedule][1]
+    return StedmConfig(
+        classes=list(classes), **values,
+        aggregation=diffusion.get("aggregation", "attention"),
+        cross_attention=bool(diffusion.get("cross_attention", False)),
+        image_channels=latent_channels if latent_factor > 1 else 3,
+        latent_factor=latent_factor, latent_scaling_factor=latent_scaling_factor,
+        latent_shift_factor=latent_shift_factor,
+        prediction_type=diffusion.get("prediction_type", "v_prediction"),
+        num_train_timesteps=int(diffusion.get("num_train_timesteps", 1000)),
+        beta_schedule=schedule, beta_start=float(beta_start), beta_end=float(beta_end),
+        sampler=diffusion.get("sampler", "dpmpp"), steps=int(diffusion.get("steps", 20)),
+        guidance_scale=float(diffusion.get("guidance_scale", 1.5)),
+        guidance_rescale=float(diffusion.get("guidance_rescale", 0.7)),
+        mpp=mpp,
+    )

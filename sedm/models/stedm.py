@@ -1,0 +1,241 @@
+"""The STEDM denoiser: a diffusers UNet conditioned on a layout (concatenated) and a style (injected).
+
+How conditioning enters, and why it differs from the published STEDM:
+
+* Layout: the one-hot layout (K classes + the unannotated channel, ``sedm.labels``) is concatenated
+  with the noisy image, so every output pixel sees its own label from the first convolution on.
+  In latent mode the layout is area-downsampled to the latent grid (class fractions per latent pixel).
+* Style vector: projected to the timestep-embedding width and added to it (diffusers
+  ``class_embed_type="identity"``); with ``resnet_time_scale_shift="scale_shift"`` every ResNet block
+  of every resolution applies it as a per-channel scale and shift after group norm (adaptive group
+  norm). STEDM added the style once, in the bottleneck only, so colour at full resolution had to be
+  carried up through skip-less paths.
+* Style tokens (``cross_attention: true``): the N per-patch vectors before aggregation are also
+  offered to cross-attention layers at the attention levels (``UNet2DConditionModel``), one token per
+  style patch, so the network can attend to the patch that matches a region.
+* Classifier-free guidance: a dropped style is replaced by a *learned* null vector and null token
+  (STEDM fed a constant image through the encoder instead, which ties "no style" to what the encoder
+  makes of grey).
+
+The network knows nothing about noise schedules; :mod:`sedm.diffusion.schedulers` and the pipeline do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel, UNet2DModel
+from torch import nn
+
+from sedm.errors import InputError
+from sedm.labels import n_layout_channels
+from sedm.models.aggregation import build_aggregation
+from sedm.models.codec import PixelCodec
+from sedm.models.style_encoder import StyleEncoder
+
+
+@dataclass
+class StedmConfig:
+    """Everything needed to rebuild a model (``config.json`` of a model directory) and to sample from it."""
+
+    classes: list[str]
+    patch_size: int = 64
+    """Content patch width/height in pixels (at ``mpp``)."""
+    style_patch_size: int = 64
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    attention_levels: list[bool] = field(default_factory=lambda: [False, False, True])
+    attention_head_dim: int = 32
+    norm_num_groups: int = 8
+    style_dim: int = 64
+    style_encoder_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    n_style: int = 2
+    aggregation: str = "attention"
+    cross_attention: bool = False
+    image_channels: int = 3
+    """3 in pixel space; the autoencoder's latent channels in latent space."""
+    latent_factor: int = 1
+    """Downsampling of the autoencoder (1 = pixel space)."""
+    latent_scaling_factor: float = 1.0
+    latent_shift_factor: float = 0.0
+    # diffusion schedule (the training scheduler is rebuilt from these)
+    prediction_type: str = "v_prediction"
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    # sampling defaults (the pipeline's arguments override them)
+    sampler: str = "dpmpp"
+    steps: int = 20
+    guidance_scale: float = 1.5
+    guidance_rescale: float = 0.7
+    mpp: float | None = None
+    """µm/px of the training patches; synthesis must read style patches at the same resolution."""
+
+    @property
+    def latent(self) -> bool:
+        return self.latent_factor > 1
+
+    @property
+    def n_layout(self) -> int:
+        return n_layout_channels(self.classes)
+
+    @property
+    def sample_size(self) -> int:
+        """Spatial size the UNet works at (pixels, or latent pixels)."""
+        return self.patch_size // self.latent_factor
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StedmConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class StyleCondition:
+    """A style as the denoiser consumes it: aggregated vector (B, D) and per-patch tokens (B, N, D)."""
+
+    vector: torch.Tensor
+    tokens: torch.Tensor
+
+    def cat(self, other: "StyleCondition") -> "StyleCondition":
+        """Batch-concatenate (used for the conditional + unconditional pass of guidance)."""
+        return StyleCondition(torch.cat([self.vector, other.vector]), torch.cat([self.tokens, other.tokens]))
+
+
+def _check_unet_shape(cfg: StedmConfig) -> None:
+    levels = len(cfg.block_out_channels)
+    if len(cfg.attention_levels) != levels:
+        raise InputError(None, "diffusion.attention_levels", f"{len(cfg.attention_levels)} entries for "
+                         f"{levels} UNet levels", "give one true/false per entry of block_out_channels")
+    if cfg.sample_size % 2 ** (levels - 1):
+        raise InputError(None, "diffusion.patch_size", f"{cfg.patch_size} px (UNet input {cfg.sample_size}) is not "
+                         f"divisible by 2^{levels - 1} for {levels} UNet levels",
+                         "use a patch size that is a multiple of 2^(levels-1) (x the latent factor)")
+    for c in cfg.block_out_channels:
+        if c % cfg.norm_num_groups:
+            raise InputError(None, "diffusion.block_out_channels", f"{c} channels not divisible by "
+                             f"norm_num_groups={cfg.norm_num_groups}", "use multiples of the group count")
+
+
+def build_unet(cfg: StedmConfig) -> nn.Module:
+    """The diffusers UNet: input = noisy image + layout channels, style through the time embedding."""
+    _check_unet_shape(cfg)
+    common = dict(
+        sample_size=cfg.sample_size,
+        in_channels=cfg.image_channels + cfg.n_layout,
+        out_channels=cfg.image_channels,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        norm_num_groups=cfg.norm_num_groups,
+        class_embed_type="identity",
+        resnet_time_scale_shift="scale_shift",
+    )
+    if cfg.cross_attention:
+        down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)
+        up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels))
+        # UNet2DConditionModel's `attention_head_dim` is (confusingly) the number of heads per level
+        heads = tuple(max(1, c // cfg.attention_head_dim) for c in cfg.block_out_channels)
+        return UNet2DConditionModel(down_block_types=down, up_block_types=up,
+                                    mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=cfg.style_dim,
+                                    attention_head_dim=heads, **common)
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels))
+    return UNet2DModel(down_block_types=down, up_block_types=up, attention_head_dim=cfg.attention_head_dim,
+                       add_attention=True, **common)
+
+
+class StedmModel(nn.Module):
+    """Style encoder + aggregation + learned null style + UNet.
+
+    ``forward`` is the training entry point (style images in, prediction out; DDP wraps it);
+    the pipeline encodes the style once with :meth:`encode_style` and passes ``style=`` per step.
+    """
+
+    def __init__(self, config: StedmConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.style_dim
+        self.style_encoder = StyleEncoder(d, config.style_encoder_channels)
+        self.aggregation = build_aggregation(config.aggregation, d, config.n_style)
+        self.null_style = nn.Parameter(torch.randn(d) * 0.02)
+        # tokens only reach the UNet through cross-attention; a parameter without gradient breaks DDP
+        self.null_token = nn.Parameter(torch.randn(d) * 0.02) if config.cross_attention else None
+        temb = config.block_out_channels[0] * 4  # diffusers' default time-embedding width
+        self.style_proj = nn.Sequential(nn.Linear(d, temb), nn.SiLU(), nn.Linear(temb, temb))
+        self.unet = build_unet(config)
+        self.codec: Any = None if config.latent else PixelCodec()
+        """Pixel/latent codec (sedm.models.codec); a latent one is attached by the trainer or ``load_model``.
+        Not a submodule: the frozen autoencoder is never trained, averaged or saved with the weights."""
+
+    # -- style ------------------------------------------------------------------------------------
+    def encode_style(self, style_images: torch.Tensor) -> StyleCondition:
+        """(B, N, 3, h, w) in [-1, 1] -> StyleCondition; any N unless the aggregation is ``mlp``."""
+        if style_images.ndim != 5 or style_images.shape[2] != 3:
+            raise InputError(None, "style images", f"expected (B, N, 3, h, w), got {tuple(style_images.shape)}",
+                             "pass N RGB style patches per sample")
+        b, n = style_images.shape[:2]
+        tokens = self.style_encoder(style_images.flatten(0, 1)).view(b, n, -1)
+        return StyleCondition(self.aggregation(tokens), tokens)
+
+    def null_condition(self, batch: int, n_tokens: int) -> StyleCondition:
+        """The learned "no style" condition (classifier-free guidance's unconditional branch)."""
+        vec = self.null_style.expand(batch, -1)
+        if self.null_token is None:  # no cross-attention: tokens are never read
+            return StyleCondition(vec, vec.new_zeros(batch, n_tokens, vec.shape[-1]))
+        return StyleCondition(vec, self.null_token.expand(batch, n_tokens, -1))
+
+    def drop_style(self, style: StyleCondition, drop: torch.Tensor) -> StyleCondition:
+        """Replace the style of samples where ``drop`` (B,) is true by the null style.
+
+        ``torch.where`` keeps the null parameters in the graph even when nothing is dropped, so DDP
+        never sees unused parameters.
+        """
+        null = self.null_condition(*style.tokens.shape[:2])
+        vec = torch.where(drop[:, None], null.vector.to(style.vector.dtype), style.vector)
+        tok = torch.where(drop[:, None, None], null.tokens.to(style.tokens.dtype), style.tokens)
+        return StyleCondition(vec, tok)
+
+    # -- denoiser ---------------------------------------------------------------------------------
+    def prepare_layout(self, layout: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, K+1, H, W) one-hot in pixels -> the UNet's grid ``size`` (area-downsampled in latent mode,
+        giving class fractions per latent pixel)."""
+        if layout.shape[1] != self.config.n_layout:
+            raise InputError(None, "layout", f"{layout.shape[1]} layout channels, the model has "
+                             f"{self.config.n_layout} ({len(self.config.classes)} classes + unannotated)",
+                             "use the class list the model was trained with")
+        if tuple(layout.shape[-2:]) != tuple(size):
+            layout = nn.functional.interpolate(layout, size=tuple(size), mode="area")
+        return layout
+
+    def denoise(self, sample: torch.Tensor, timestep: torch.Tensor, layout: torch.Tensor,
+                style: StyleCondition) -> torch.Tensor:
+        """One UNet evaluation: prediction (epsilon or v, see ``config.prediction_type``)."""
+        layout = self.prepare_layout(layout, sample.shape[-2:]).to(sample.dtype)
+        x = torch.cat([sample, layout], dim=1)
+        emb = self.style_proj(style.vector)
+        if self.config.cross_attention:
+            return self.unet(x, timestep, encoder_hidden_states=style.tokens, class_labels=emb).sample
+        return self.unet(x, timestep, class_labels=emb).sample
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, layout: torch.Tensor,
+                style_images: torch.Tensor | None = None, style_drop: torch.Tensor | None = None,
+                style: StyleCondition | None = None) -> torch.Tensor:
+        """Predict from style images (training; ``style_drop`` (B,) bool selects the null style) or
+        from an already encoded ``style``."""
+        if style is None:
+            if style_images is None:
+                raise ValueError("pass style_images or style")
+            style = self.encode_style(style_images)
+        if style_drop is not None:
+            style = self.drop_style(style, style_drop)
+        return self.denoise(sample, timestep, layout, style)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

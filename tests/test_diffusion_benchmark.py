@@ -1,0 +1,42 @@
+"""The diffusion benchmark's pieces: the sampler table and the CUDA section's skip note."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from _diffusion_helpers import micro_model
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*")
+
+
+@pytest.fixture(scope="module")
+def bench(repo):
+    spec = importlib.util.spec_from_file_location("bench_diffusion", repo / "benchmarks" / "diffusion.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cuda_section_is_skipped_with_a_note(bench, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = bench.cuda_paper_bench()
+    assert set(out) == {"skipped"} and "CUDA" in out["skipped"]
+
+
+def test_sampler_table_reference_and_rows(bench):
+    model = micro_model().eval()
+    labels = np.zeros((1, 32, 32), np.uint8)
+    labels[:, :, 16:] = 1
+    style = np.full((1, 2, 32, 32, 3), 180, np.uint8)
+    rows, ref_s = bench.sampler_table(model, labels, style, ref_steps=40, dpmpp_steps=(4, 8),
+                                      ddim_steps=(4, 20))
+    assert rows[0] == {"sampler": "ddim", "steps": 40, "rmse_to_ddim128": 0.0, "psnr_db": None,
+                       "s_per_image": ref_s}
+    assert [(r["sampler"], r["steps"]) for r in rows[1:]] == [("dpmpp", 4), ("dpmpp", 8), ("ddim", 4), ("ddim", 20)]
+    assert all(r["rmse_to_ddim128"] >= 0 and r["s_per_image"] > 0 for r in rows)
+    # DDIM converges to its own many-step result as steps grow
+    ddim = {r["steps"]: r["rmse_to_ddim128"] for r in rows if r["sampler"] == "ddim"}
+    assert ddim[20] < ddim[4]

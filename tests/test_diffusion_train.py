@@ -1,0 +1,203 @@
+"""Training: it learns, resumes exactly, stops cleanly on signals, and DDP matches one process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from _diffusion_helpers import CLASSES, diffusion_section, make_stores, micro_model
+from safetensors.torch import load_file
+
+from sedm.config import validate_config
+from sedm.diffusion.checkpoint import find_resumable, list_checkpoints, run_fingerprint
+from sedm.diffusion.schedulers import train_scheduler
+from sedm.diffusion.train import build_optimizer, sample_randomness, train
+from sedm.training import EXIT_REQUEUE
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*")
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    return make_stores(tmp_path_factory.mktemp("stores"), n=2, size=192)
+
+
+def _config(**overrides):
+    return validate_config({"classes": CLASSES, "seed": 0, "diffusion": diffusion_section(**overrides)})
+
+
+def _weights(model_dir):
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def test_randomness_depends_only_on_sample_index():
+    a = sample_randomness(torch.tensor([5, 6, 7]), 0, (3, 4, 4), 1000, 0.5)
+    b = sample_randomness(torch.tensor([6]), 0, (3, 4, 4), 1000, 0.5)
+    assert torch.equal(a[0][1], b[0][0]) and a[1][1] == b[1][0] and a[2][1] == b[2][0]
+    c = sample_randomness(torch.tensor([6]), 1, (3, 4, 4), 1000, 0.5)
+    assert not torch.equal(b[0], c[0])
+
+
+def test_resume_is_exact(stores, tmp_path):
+    cfg = _config(max_steps=4, checkpoint_every=2, sample_every=0)
+    assert train(cfg, stores, out=tmp_path / "straight", run_dir=tmp_path / "run_a") == 0
+    assert train(cfg, stores, out=tmp_path / "resumed", run_dir=tmp_path / "run_b", stop_at=2) == EXIT_REQUEUE
+    assert not (tmp_path / "resumed").exists()
+    assert [s for s, _ in list_checkpoints(tmp_path / "run_b")] == [2]
+    assert train(cfg, stores, out=tmp_path / "resumed", run_dir=tmp_path / "run_b") == 0
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # raw weights and optimizer state of the final checkpoints too
+    ca = torch.load(list_checkpoints(tmp_path / "run_a")[-1][1], weights_only=True)
+    cb = torch.load(list_checkpoints(tmp_path / "run_b")[-1][1], weights_only=True)
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), k
+    assert ca["optimizer"]["state"][0]["step"] == cb["optimizer"]["state"][0]["step"]
+    log_b = pd.read_csv(tmp_path / "run_b" / "train_log.csv")
+    assert log_b["step"].tolist() == [1, 2, 3, 4]
+    np.testing.assert_allclose(log_b["loss"], pd.read_csv(tmp_path / "run_a" / "train_log.csv")["loss"])
+    # a finished run with its model deleted (as Snakemake does on failure) just rewrites the model
+    shutil.rmtree(tmp_path / "resumed")
+    assert train(cfg, stores, out=tmp_path / "resumed", run_dir=tmp_path / "run_b") == 0
+    assert all(torch.equal(a[k], v) for k, v in _weights(tmp_path / "resumed").items())
+
+
+def test_checkpoint_of_other_config_is_not_resumed(stores, tmp_path):
+    cfg = _config(max_steps=2, checkpoint_every=2)
+    assert train(cfg, stores, out=tmp_path / "m", run_dir=tmp_path / "run") == 0
+    fp = run_fingerprint(cfg, stores)
+    assert find_resumable(tmp_path / "run", fp) is not None
+    assert run_fingerprint(_config(max_steps=2, checkpoint_every=2, num_workers=2), stores) == fp  # not semantic
+    other = run_fingerprint(_config(max_steps=2, checkpoint_every=2, lr=5e-4), stores)
+    assert other != fp and find_resumable(tmp_path / "run", other) is None
+    assert run_fingerprint(cfg, stores[:1]) != fp
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as fh:
+            out += [int(c) for c in fh.read().split()]
+    return out
+
+
+@pytest.mark.parametrize("workers,sig", [(0, signal.SIGUSR1), (1, signal.SIGTERM)])
+def test_signal_checkpoints_and_exits_75(stores, tmp_path, workers, sig):
+    """SIGUSR1 to the trainer, or SIGTERM to it and its DataLoader worker (as SLURM does)."""
+    cfg = _config(max_steps=10_000, checkpoint_every=10_000, log_every=1, num_workers=workers)
+    log = tmp_path / "run" / "train_log.csv"
+
+    def send_when_training():
+        for _ in range(1200):
+            if log.is_file() and len(log.read_text().splitlines()) >= 2:
+                for child in _children(os.getpid()):
+                    os.kill(child, sig)
+                os.kill(os.getpid(), sig)
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=send_when_training, daemon=True).start()
+    assert train(cfg, stores, out=tmp_path / "m", run_dir=tmp_path / "run") == EXIT_REQUEUE
+    steps = [s for s, _ in list_checkpoints(tmp_path / "run")]
+    assert len(steps) == 1 and 1 <= steps[0] < 10_000
+    assert not (tmp_path / "m").exists()
+
+
+def test_writes_log_previews_and_model(stores, tmp_path):
+    from sedm.models.io import load_model
+
+    cfg = _config(max_steps=2, sample_every=1, preview_samples=2, checkpoint_every=1, keep_checkpoints=1)
+    assert train(cfg, stores, out=tmp_path / "m", run_dir=tmp_path / "run") == 0
+    log = pd.read_csv(tmp_path / "run" / "train_log.csv")
+    assert list(log.columns) == ["step", "loss", "lr", "grad_norm", "it_per_s", "img_per_s", "elapsed_s"]
+    assert (tmp_path / "run" / "samples" / "step-00000001.png").is_file()
+    assert (tmp_path / "run" / "samples" / "final.png").is_file()
+    assert len(list_checkpoints(tmp_path / "run")) == 1
+    model = load_model(tmp_path / "m")
+    assert model.config.mpp == 1.0 and model.config.classes == CLASSES
+
+
+@pytest.mark.slow
+def test_tiny_overfit_loss_halves(stores):
+    """On 4 fixed patches, 100 steps cut the loss on a fixed (noise, t) set well below half (~0.25x)."""
+    from sedm.data.diffusion_dataset import DiffusionPatchDataset
+
+    ds = DiffusionPatchDataset(stores, CLASSES, patch_size=32, n_style=2, augment=False, seed=0)
+    items = [ds[i] for i in range(4)]
+    x0 = torch.stack([it["image"] for it in items])
+    layout = torch.stack([it["layout"] for it in items])
+    style = torch.stack([it["style"] for it in items])
+    model = micro_model()
+    sched = train_scheduler(model.config)
+    opt = build_optimizer(model, lr=2e-3, weight_decay=0.0)
+
+    def loss_at(indices, drop_p=0.0):
+        noise, t, drop = sample_randomness(indices, 123, (3, 32, 32), 1000, drop_p)
+        reps = len(indices) // 4
+        x, lay, sty = x0.repeat(reps, 1, 1, 1), layout.repeat(reps, 1, 1, 1), style.repeat(reps, 1, 1, 1, 1)
+        target = sched.get_velocity(x, noise, t)
+        return torch.nn.functional.mse_loss(model(sched.add_noise(x, noise, t), t, lay, sty, drop), target)
+
+    eval_idx = torch.arange(10**6, 10**6 + 32)
+    with torch.no_grad():
+        before = loss_at(eval_idx).item()
+    for step in range(100):
+        loss = loss_at(torch.arange(step * 4, step * 4 + 4), drop_p=0.25)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = loss_at(eval_idx).item()
+    assert after <= 0.4 * before, (before, after)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(stores, tmp_path):
+    import yaml
+
+    cfg = _config(max_steps=3, batch_size=4, checkpoint_every=3, log_every=1)
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sedm.cli",
+           "train-diffusion", "--config", str(cfg_file), "--stores", *map(str, stores), "--out", str(tmp_path / "ddp"),
+           "--run-dir", str(tmp_path / "run_ddp"), "--threads", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert train(cfg, stores, out=tmp_path / "single", run_dir=tmp_path / "run_single") == 0
+
+    ddp_log = pd.read_csv(tmp_path / "run_ddp" / "train_log.csv")
+    single_log = pd.read_csv(tmp_path / "run_single" / "train_log.csv")
+    # step 1's loss is computed before any update: the mean over 2 ranks x 2 samples == over 4 samples
+    np.testing.assert_allclose(ddp_log["loss"].iloc[0], single_log["loss"].iloc[0], rtol=1e-5)
+    a, b = _weights(tmp_path / "ddp"), _weights(tmp_path / "single")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-3, worst
+
+
+def test_cli_bad_inputs_exit_2(stores, tmp_path, capsys):
+    import yaml
+
+    from sedm.cli import main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"classes": CLASSES, "diffusion": diffusion_section(use_unlabelled=True)}))
+    base = ["train-diffusion", "--config", str(cfg), "--out", str(tmp_path / "m"), "--run-dir", str(tmp_path / "r")]
+    assert main(base + ["--stores", *map(str, stores)]) == 2
+    assert "no --unlabelled-stores" in capsys.readouterr().err
+    assert main(base + ["--stores", str(tmp_path / "missing.zarr"), "--unlabelled-stores", str(stores[0])]) == 2
+    assert "not a sedm Zarr store" in capsys.readouterr().err
+    cfg.write_text(yaml.safe_dump({"classes": CLASSES, "diffusion": diffusion_section(patch_size=31)}))
+    assert main(base + ["--stores", *map(str, stores)]) == 2
+    assert "not divisible" in capsys.readouterr().err

@@ -1,0 +1,83 @@
+"""Only what changed reruns: real Snakemake runs of the whole tiny pipeline, counting the jobs executed.
+
+Each stage depends on its own config snapshot (results/config/<stage>.json, rule stage_config, whose
+params are the stage's sections plus the sedm version); the report's snapshot holds the whole config
+because the report prints it, and the report reruns whenever anything upstream does anyway.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from _workflow_helpers import edit_config, executed_jobs, make_workdir, output, planned_jobs, read_sheet, snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory) -> Path:
+    """The tiny pipeline run to completion once; the tests below change it in order."""
+    work = make_workdir(tmp_path_factory.mktemp("reruns"))
+    (work / "first_run.log").write_text(output(snakemake(work, "--quiet", "rules")))
+    return work
+
+
+def cohort(work: Path) -> dict[str, int]:
+    sheet = read_sheet(work)
+    roles = sheet["role"].value_counts()
+    arms = yaml.safe_load((work / "config.yaml").read_text())["segmentation"]["arms"]
+    return {"slides": len(sheet), "test": int(roles.get("test", 0)), "unlabelled": int(roles.get("unlabelled", 0)),
+            "arms": len(arms)}
+
+
+def rerun(work: Path) -> Counter:
+    """Jobs a dry run plans and a real run then executes (they must agree)."""
+    planned = planned_jobs(output(snakemake(work, "--dry-run", "--quiet", "rules")))
+    executed = executed_jobs(output(snakemake(work, "--quiet", "rules")))
+    assert executed == planned
+    return executed
+
+
+def test_first_run_executes_every_stage_with_a_benchmark(done):
+    n = cohort(done)
+    jobs = executed_jobs((done / "first_run.log").read_text())
+    assert jobs == {"stage_config": 7, "demo_cohort": n["slides"], "tile_slide": n["slides"], "tiling_summary": 1,
+                    "train_diffusion": 1, "synthesize": n["unlabelled"], "train_segmentation": n["arms"],
+                    "predict_slide": n["arms"] * n["test"], "evaluate": 1, "report": 1}
+    # every rule but the instant stage_config writes a benchmark, and the report's compute table lists them
+    bench = done / "results/benchmarks"
+    assert {p.name for p in bench.iterdir()} == set(jobs) - {"stage_config"}
+    for rule, count in jobs.items():
+        if rule != "stage_config":
+            assert len(list((bench / rule).rglob("*.tsv"))) == count, rule
+    html = (done / "results/report/report.html").read_text()
+    for rule in set(jobs) - {"stage_config", "report"}:
+        assert rule in html
+
+
+def test_nothing_changed_reruns_nothing(done):
+    text = output(snakemake(done, "--quiet", "rules"))
+    assert executed_jobs(text) == Counter()
+    assert "Nothing to be done" in text
+
+
+def test_segmentation_change_reruns_segmentation_prediction_evaluation_report(done):
+    n = cohort(done)
+    edit_config(done, "segmentation", lr=0.002)
+    assert rerun(done) == {"stage_config": 2, "train_segmentation": n["arms"], "predict_slide": n["arms"] * n["test"],
+                           "evaluate": 1, "report": 1}
+    assert json.loads((done / "results/config/segmentation.json").read_text())["segmentation"]["lr"] == 0.002
+
+
+def test_tiling_change_reruns_everything_downstream_of_tiling_not_the_demo(done):
+    n = cohort(done)
+    edit_config(done, "tiling", min_tissue_fraction=0.1)
+    assert rerun(done) == {"stage_config": 2, "tile_slide": n["slides"], "tiling_summary": 1, "train_diffusion": 1,
+                           "synthesize": n["unlabelled"], "train_segmentation": n["arms"],
+                           "predict_slide": n["arms"] * n["test"], "evaluate": 1, "report": 1}
+    assert "Nothing to be done" in output(snakemake(done, "--dry-run"))
