@@ -23,9 +23,10 @@ def test_shipped_profiles_are_snakemake_9_profiles():
     assert sorted(p.name for p in PROFILES_DIR.iterdir()) == ["local", "slurm"]
     shipped = yaml.safe_load((PROFILES_DIR / "slurm/config.yaml").read_text())
     assert shipped["executor"] == "slurm" and shipped["retries"] >= 1
-    assert {"slurm_account", "slurm_partition", "runtime", "mem_mb", "cpus_per_task"} <= set(shipped["default-resources"])
+    defaults = shipped["default-resources"]
+    assert {"slurm_account", "slurm_partition", "runtime", "mem_mb", "cpus_per_task"} <= set(defaults)
     # the memory and the time limit of a retried job grow with its attempt
-    assert "attempt" in str(shipped["default-resources"]["mem_mb"]) and "attempt" in str(shipped["default-resources"]["runtime"])
+    assert "attempt" in str(defaults["mem_mb"]) and "attempt" in str(defaults["runtime"])
     for rule in GPU_RULES:
         res = shipped["set-resources"][rule]
         assert res["gpu"] == 1 and res["cpus_per_gpu"] >= 1
@@ -102,7 +103,8 @@ def test_snakemake_reads_the_installed_profiles(tmp_path):
     for profile in (local.parent, cluster.parent):
         proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", str(profile), "--dry-run", "--quiet",
                                "rules", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path / "w"),
-                               "--configfile", str(REPO / "config.yaml"), "--config", f"samples={REPO}/resources/demo/samples.tsv"],
+                               "--configfile", str(REPO / "config.yaml"),
+                               "--config", f"samples={REPO}/resources/demo/samples.tsv"],
                               capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         assert "train_diffusion" in proc.stdout

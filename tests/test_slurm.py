@@ -137,7 +137,8 @@ def test_tiny_pipeline_on_slurm_survives_preemption(slurm, tmp_path):
                     *[str(work / f"results/tiles/{s}.zarr") for s in labelled], "--out", str(ref / "model"),
                     "--run-dir", str(ref / "run"), "--resume", "none", "--threads", "1"],
                    check=True, capture_output=True, timeout=600)
-    resumed, fresh = load_file(work / "results/diffusion/model/model.safetensors"), load_file(ref / "model/model.safetensors")
+    resumed = load_file(work / "results/diffusion/model/model.safetensors")
+    fresh = load_file(ref / "model/model.safetensors")
     assert resumed.keys() == fresh.keys()
     assert all(torch.equal(resumed[k], fresh[k]) for k in fresh)
     print(f"tiny pipeline on SLURM with one preemption: {seconds:.0f} s")
