@@ -144,9 +144,10 @@ def _text(html: str) -> str:
 
 def test_layout_matches_workflow_paths(repo):
     """The report reads outputs where the workflow writes them: TEMPLATES agree with `paths` (defined
-    in common.smk, some added by other rule files as `paths.NAME = R + "..."`)."""
+    in common.smk, some added by other rule files as `paths.NAME = f"{R}/..."`)."""
     text = "\n".join(p.read_text() for p in sorted((repo / "workflow/rules").glob("*.smk")))
-    smk = dict(re.findall(r'^\s*(?:paths\.)?(\w+) = R \+ "/([^"]+)"', text, flags=re.M))
+    found = re.findall(r'^\s*(?:paths\.)?(\w+) = (?:R \+ "|f"\{R\})/([^"]+)"', text, flags=re.M)
+    smk = {name: path.replace("{{", "{").replace("}}", "}") for name, path in found}
     shared = set(smk) & set(TEMPLATES)
     assert {"tissue_qc", "tiling_summary", "diffusion_run", "synthesis_montage", "synthesis_stats",
             "prediction_overlay", "seg_run", "report_html", "report_figures"} <= shared

@@ -43,6 +43,7 @@ class paths:
     diffusion_run = f"{R}/diffusion/run"  # directory: checkpoints, train_log.csv, sample grids
     synthetic = f"{R}/synthesis/{{slide}}.zarr"
     synthesis_montage = f"{R}/synthesis/{{slide}}.montage.png"
+    synthesis_stats = f"{R}/synthesis/{{slide}}.stats.json"
     seg_model = f"{R}/segmentation/{{arm}}/model"
     seg_run = f"{R}/segmentation/{{arm}}/run"
     prediction = f"{R}/predictions/{{arm}}/{{slide}}.zarr"

@@ -3,9 +3,6 @@
 # its finished shards (kept in <store>.partial/, deliberately not an output) and exits 75 on SIGTERM.
 from sedm.synthesis.counts import samples_for_slide
 
-# per-slide statistics (HED means/stds, style fidelity) for the report, next to the montage
-paths.synthesis_stats = paths.synthesis_montage.replace(".montage.png", ".stats.json")
-
 try:
     SYNTHESIS_SAMPLES = {s: samples_for_slide(config["synthesis"], s, UNLABELLED) for s in UNLABELLED}
 except InputError as exc:
