@@ -201,3 +201,42 @@ def test_cli_bad_inputs_exit_2(stores, tmp_path, capsys):
     cfg.write_text(yaml.safe_dump({"classes": CLASSES, "diffusion": diffusion_section(patch_size=31)}))
     assert main(base + ["--stores", *map(str, stores)]) == 2
     assert "not divisible" in capsys.readouterr().err
+
+
+def test_snr_weights_cap_easy_steps():
+    from sedm.diffusion.train import snr_weights
+
+    cfg = micro_model().config
+    sched = train_scheduler(cfg)
+    t = torch.tensor([0, 500, 999])
+    snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
+    v = snr_weights(t, sched, "v_prediction", 5.0)
+    torch.testing.assert_close(v, torch.minimum(snr + 1, torch.tensor(5.0)) / (snr + 1))
+    assert v[0] < 0.01 and v[2] == 1.0  # easy step capped, noisiest step keeps the full v weight
+    eps = snr_weights(t, sched, "epsilon", 5.0)
+    torch.testing.assert_close(eps, torch.minimum(snr, torch.tensor(5.0)) / snr)
+
+
+@pytest.mark.slow
+def test_generated_colour_follows_style_source(tmp_path):
+    """Two toy slides with different stains: after a short training, the same layouts sampled with
+    style patches of slide 0 vs slide 1 differ in colour like the slides do."""
+    from sedm.data.diffusion_dataset import DiffusionPatchDataset
+    from sedm.diffusion.pipeline import StedmPipeline
+    from sedm.models.io import load_model
+
+    stores = make_stores(tmp_path, n=2, size=256)
+    cfg = _config(patch_size=32, block_out_channels=[16, 32, 64], attention_levels=[False, False, True],
+                  max_steps=150, batch_size=8, lr=2e-3, warmup_steps=10, checkpoint_every=1000, log_every=50)
+    assert train(cfg, stores, out=tmp_path / "m", run_dir=tmp_path / "run") == 0
+    model = load_model(tmp_path / "m")
+    layouts = torch.stack([DiffusionPatchDataset(stores, CLASSES, patch_size=32, seed=9)[i]["layout"]
+                           for i in range(6)])
+    generated, real = [], []
+    for store in stores:
+        one = DiffusionPatchDataset([store], CLASSES, patch_size=32, n_style=2, seed=5)
+        styles = torch.stack([one[i]["style"] for i in range(6)])
+        generated.append(StedmPipeline(model)(layouts, styles, seed=0, steps=15).reshape(-1, 3).mean(0))
+        real.append(np.mean([(one[i]["image"].flatten(1).mean(1).numpy() + 1) * 127.5 for i in range(30)], 0))
+    ratio = np.linalg.norm(generated[0] - generated[1]) / np.linalg.norm(real[0] - real[1])
+    assert ratio > 0.5, ratio

@@ -119,13 +119,20 @@ def sample_randomness(indices: torch.Tensor, seed: int, shape: Sequence[int], nu
 
 
 def snr_weights(timesteps: torch.Tensor, scheduler: Any, prediction_type: str, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al., ICCV 2023): every timestep's implied x0 error is weighted
-    by min(SNR, gamma), so the nearly-noise-free steps (huge SNR) stop dominating the gradient;
-    reported to converge ~3x faster. Expressed for the network's own target."""
+    """Min-SNR-style loss weights (Hang et al., ICCV 2023): cap the weight of the nearly noise-free,
+    easy timesteps, which otherwise dominate the gradient, for faster convergence.
+
+    In terms of the implied clean-image error, an epsilon loss weights step t by SNR and a v loss by
+    SNR + 1; the cap is applied to that weight: ``min(SNR, gamma) / SNR`` resp.
+    ``min(SNR + 1, gamma) / (SNR + 1)``. For v this keeps the noisiest steps at full weight, where only
+    the style vector can tell the stain colour (the common ``min(SNR, gamma) / (SNR + 1)`` would weight
+    them ~SNR ~ 0; on toy slides of two stains it transferred colour less: ratio 1.14 vs 1.38).
+    """
     alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
     snr = alphas / (1 - alphas)
-    clipped = snr.clamp(max=gamma)
-    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+    if prediction_type == "v_prediction":
+        return (snr + 1).clamp(max=gamma) / (snr + 1)
+    return snr.clamp(max=gamma) / snr
 
 
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, scheduler: Any,

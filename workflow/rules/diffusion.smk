@@ -18,18 +18,17 @@ rule train_diffusion:
     output:
         directory(paths.diffusion_model),
     params:
-        # one process on CPU / one GPU; one DDP process per GPU (torchrun) when gpus > 1
-        launcher=(
-            f"torchrun --standalone --nproc_per_node {DIFFUSION['gpus']} -m sedm.cli"
-            if DIFFUSION["gpus"] > 1
-            else "sedm"
+        # one process on CPU / one GPU; one DDP process per GPU (torchrun) when the job got gpu > 1
+        # (from diffusion.gpus or a profile's set-resources)
+        launcher=lambda w, resources: (
+            f"torchrun --standalone --nproc_per_node {resources.gpu} -m sedm.cli" if resources.gpu > 1 else "sedm"
         ),
         run_dir=paths.diffusion_run,
         unlabelled=lambda w, input: ["--unlabelled-stores", *input.unlabelled] if input.unlabelled else [],
     threads: DIFFUSION["threads"]
     resources:
         gpu=DIFFUSION["gpus"],
-        mem_mb=DIFFUSION["mem_mb"],
+        mem_mb=lambda w, attempt: DIFFUSION["mem_mb"] * attempt,
         runtime=DIFFUSION["runtime_min"],
     log:
         log_for("train_diffusion", "model"),
