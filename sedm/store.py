@@ -214,3 +214,15 @@ class SlideStore:
     def tiles(self) -> pd.DataFrame:
         """The tile table written next to the store."""
         return pd.read_parquet(tile_table_path(self.path))
+
+
+def open_checked(path: str | Path, classes: list[str], sample_ids: pd.Index | None = None) -> SlideStore:
+    """Open a store and check it was tiled with ``classes`` (and belongs to the sample sheet)."""
+    store = SlideStore(path)
+    if store.classes != list(classes):
+        raise InputError(store.path, "attrs.sedm.classes", f"classes {store.classes} differ from the config's "
+                         f"{list(classes)}", "tile the slides with the current config")
+    if sample_ids is not None and store.slide_id not in sample_ids:
+        raise InputError(store.path, "slide_id", f"slide {store.slide_id!r} is not in the sample sheet",
+                         "pass the sample sheet the stores were made from")
+    return store

@@ -30,7 +30,7 @@ from sedm.config import load_config, load_samples
 from sedm.errors import InputError
 from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
 from sedm.evaluation.stats import describe, paired_comparison
-from sedm.store import SlideStore
+from sedm.store import SlideStore, open_checked
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +182,7 @@ def evaluate(cfg: Mapping[str, Any], *, samples: pd.DataFrame, predictions: Mapp
     classes, ev = list(cfg["classes"]), cfg["evaluation"]
     truth = {}
     for p in stores:
-        store = SlideStore(p)
-        if store.classes != classes:
-            raise InputError(store.path, "attrs.sedm.classes", f"classes {store.classes} differ from the config's "
-                             f"{classes}", "tile with the current config")
-        if store.slide_id not in samples.index:
-            raise InputError(store.path, "slide_id", f"slide {store.slide_id!r} is not in the sample sheet",
-                             "pass the sample sheet the stores were made from")
+        store = open_checked(p, classes, samples.index)
         truth[store.slide_id] = store
     arms = list(predictions)
     slides = sorted(predictions[arms[0]]) if arms else []

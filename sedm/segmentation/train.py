@@ -37,7 +37,7 @@ from sedm.segmentation.loss import masked_ce_dice
 from sedm.segmentation.model import (architecture, build_model, divisor, load_init_weights, save_model_dir,
                                      to_input)
 from sedm.segmentation.stain_augment import StainJitter
-from sedm.store import SlideStore, tile_table_path
+from sedm.store import SlideStore, open_checked, tile_table_path
 from sedm.training import (CHECKPOINT_NAME, EMA, EXIT_REQUEUE, CsvLog, StopSignals, autocast, fingerprint,
                            ignore_stop_signals, load_checkpoint, resolve_device, save_checkpoint, seed_everything,
                            set_rng_state, swapped_weights, warmup_cosine)
@@ -81,14 +81,8 @@ class TrainingData:
 
 
 def _open_stores(paths: Sequence[Path], classes: list[str], samples: pd.DataFrame) -> list[SlideStore]:
-    stores = [SlideStore(p) for p in paths]
+    stores = [open_checked(p, classes, samples.index) for p in paths]
     for store in stores:
-        if store.classes != classes:
-            raise InputError(store.path, "attrs.sedm.classes", f"classes {store.classes} differ from the config's "
-                             f"{classes}", "tile the slides with the current config")
-        if store.slide_id not in samples.index:
-            raise InputError(store.path, "slide_id", f"slide {store.slide_id!r} is not in the sample sheet",
-                             "pass the sample sheet the stores were made from")
         role = samples.at[store.slide_id, "role"]
         if role != "labelled":
             raise InputError(store.path, "role", f"slide {store.slide_id!r} has role {role!r}",
