@@ -136,7 +136,7 @@ def test_unlabelled_slides_have_unannotated_layout(stores, tmp_path):
 
 def test_store_mismatches_are_input_errors(stores, tmp_path):
     other = make_toy_store(tmp_path / "o.zarr", slide_id="o", size=128, classes=["a", "b"], tile_size=64)
-    with pytest.raises(InputError, match="store classes"):
+    with pytest.raises(InputError, match="differ from the config"):
         DiffusionPatchDataset([stores[0], other], CLASSES, patch_size=32)
     fine = make_toy_store(tmp_path / "f.zarr", slide_id="f", size=128, classes=CLASSES, tile_size=64, mpp=0.5)
     with pytest.raises(InputError, match="µm/px"):

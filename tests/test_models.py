@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _diffusion_helpers import micro_config, micro_model
+from _diffusion_helpers import micro_model
 
 from sedm.errors import InputError
 from sedm.labels import n_layout_channels, one_hot

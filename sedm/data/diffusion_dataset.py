@@ -30,12 +30,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import zarr
 from torch.utils.data import Dataset, Sampler
 
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED, n_layout_channels, one_hot
-from sedm.store import SlideStore, fraction_columns, tile_table_path
+from sedm.store import SlideStore, fraction_columns, open_checked, tile_table_path
 
 STYLE_SAMPLING = ("multi", "nearby")
 DEFAULT_UNANNOTATED_WEIGHT = 0.25
@@ -108,15 +107,12 @@ class DiffusionPatchDataset(Dataset):
         """Probability of each label value being the target of a labelled sample."""
         self._tile_cdf = [np.cumsum(fracs[:, v]) for v in range(self.n_layout)]
         self._slide_tile_cdf = [np.cumsum(t["tissue_fraction"].to_numpy(np.float64)) for t in self.tables]
-        self._open: dict[int, _CachedReader] = {}
+        self._open: dict[int, SlideStore] = {}
         self._pid: int | None = None
 
     # -- setup --------------------------------------------------------------------------------------
     def _check_store(self, path: Path, labelled: bool) -> dict[str, Any]:
-        store = SlideStore(path)
-        if labelled and store.classes != self.classes:
-            raise InputError(path, "classes", f"store classes {store.classes} differ from the config's "
-                             f"{self.classes}", "re-tile the slide with the current config")
+        store = open_checked(path, self.classes) if labelled else SlideStore(path)
         if not tile_table_path(path).is_file():
             raise InputError(tile_table_path(path), None, "tile table missing", "run `sedm tile` on the slide")
         tiles = store.tiles()
@@ -130,11 +126,11 @@ class DiffusionPatchDataset(Dataset):
                              "patches", "use a smaller diffusion.patch_size")
         return {"mpp": store.mpp, "shape": (h, w), "tile_size": store.tile_size, "tiles": tiles}
 
-    def _store(self, slide: int) -> "_CachedReader":
+    def _store(self, slide: int) -> SlideStore:
         if self._pid != os.getpid():  # first use in this process (DataLoader worker): open our own handles
             self._open, self._pid = {}, os.getpid()
         if slide not in self._open:
-            self._open[slide] = _CachedReader(self.store_paths[slide])
+            self._open[slide] = SlideStore(self.store_paths[slide])
         return self._open[slide]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -237,27 +233,6 @@ class DiffusionPatchDataset(Dataset):
             "slide": slide,
             "index": int(index),
         }
-
-
-class _CachedReader:
-    """Level-0 reads of one store (layout of :mod:`sedm.store`) with the array handles opened once.
-
-    ``SlideStore.read_*`` re-open the array metadata on every call (~5 ms each, more than the read of a
-    small patch); a training sample makes 4-10 reads.
-    """
-
-    def __init__(self, path: Path) -> None:
-        root = zarr.open_group(str(path), mode="r", zarr_format=3)
-        self._image, self._labels, self._tissue = root["0"], root["labels/annotation/0"], root["labels/tissue/0"]
-
-    def read_image(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-        return np.moveaxis(self._image[:, y:y + h, x:x + w], 0, -1)
-
-    def read_labels(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-        return self._labels[y:y + h, x:x + w]
-
-    def read_tissue(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-        return self._tissue[y:y + h, x:x + w]
 
 
 def _to_float(rgb: np.ndarray) -> np.ndarray:
