@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog=f"sedm {top.command}", description=help_text)
     module.add_arguments(sub)
     args = sub.parse_args(rest)
+    args.argv = argv  # for commands that launch themselves again (train-diffusion under torchrun)
     try:
         return int(module.run(args) or 0)
     except InputError as exc:

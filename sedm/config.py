@@ -6,7 +6,9 @@ the same message whether or not Snakemake is used: the file, the key path, the p
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -81,8 +83,12 @@ def validate_config(config: Mapping, file: str | Path | None = None) -> dict:
     return filled
 
 
-def load_config(path: str | Path) -> dict:
-    """Read a YAML config file, validate it and fill defaults."""
+def load_config(path: str | Path, runtime: str | None = None) -> dict:
+    """Read a YAML config file, validate it and fill defaults.
+
+    ``runtime``: the JSON text of a ``--runtime`` option (see :data:`RUNTIME_KEYS`), merged over the
+    file's sections before validation.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, None, "config file does not exist", "pass the path of an existing YAML file")
@@ -92,7 +98,26 @@ def load_config(path: str | Path) -> dict:
         raise InputError(path, None, f"not valid YAML ({exc})", "fix the YAML syntax") from None
     if not isinstance(data, dict):
         raise InputError(path, None, "top level is not a mapping", "write key: value pairs")
+    if runtime:
+        data = _merge_runtime(data, runtime)
     return validate_config(data, path)
+
+
+def _merge_runtime(data: dict, runtime: str) -> dict:
+    try:
+        sections = json.loads(runtime)
+    except json.JSONDecodeError as exc:
+        raise InputError(None, "--runtime", f"not valid JSON ({exc})", 'pass an object like {"diffusion": {"device": "cuda"}}') from None
+    if not isinstance(sections, dict) or not all(isinstance(v, dict) for v in sections.values()):
+        raise InputError(None, "--runtime", "not an object of sections", 'pass an object like {"diffusion": {"device": "cuda"}}')
+    out = dict(data)
+    for section, values in sections.items():
+        bad = sorted(set(values) - RUNTIME_KEYS)
+        if bad:
+            raise InputError(None, f"--runtime {section}", f"{bad} change what a stage computes",
+                             f"put them in the config file; --runtime takes only {sorted(RUNTIME_KEYS)}")
+        out[section] = {**out.get(section, {}), **values}
+    return out
 
 
 _PER_COLUMN_KEYS = {"$schema", "description", "type", "properties", "required", "additionalProperties"}
@@ -164,12 +189,45 @@ STAGE_SECTIONS["report"] = tuple(k for k in load_schema("config")["properties"] 
 """The report prints the whole config in its provenance footer, so its snapshot holds every section."""
 
 
-def stage_config(config: Mapping, stage: str) -> dict:
-    """The part of a validated config that ``stage`` depends on, plus the sedm version."""
-    from sedm import __version__
+RUNTIME_KEYS = frozenset({"threads", "gpus", "mem_mb", "runtime_min", "device", "num_workers", "compile",
+                          "checkpoint_every", "ckpt_every", "keep_checkpoints", "sample_every", "log_every"})
+"""Keys (in any section) that change how fast, where or how observably a stage runs, not what it
+computes. They are left out of the stage snapshots, so changing them (say, more memory after an
+out-of-memory kill on the cluster) reruns nothing; the workflow hands their current values to each
+command as ``--runtime`` JSON instead. Resume fingerprints ignore them too, so a run may continue
+on another device or with other checkpoint settings."""
 
+
+def _check_stage(stage: str) -> None:
     if stage not in STAGE_SECTIONS:
         raise InputError(None, "stage", f"unknown stage {stage!r}", f"use one of {sorted(STAGE_SECTIONS)}")
-    snap = {key: copy.deepcopy(config[key]) for key in STAGE_SECTIONS[stage]}
+
+
+def stage_config(config: Mapping, stage: str) -> dict:
+    """The part of a validated config that ``stage``'s results depend on, plus the sedm version."""
+    from sedm import __version__
+
+    _check_stage(stage)
+    snap = {}
+    for key in STAGE_SECTIONS[stage]:
+        value = config[key]
+        if isinstance(value, Mapping):
+            value = {k: v for k, v in value.items() if k not in RUNTIME_KEYS}
+        snap[key] = copy.deepcopy(value)
     snap["sedm_version"] = __version__
     return snap
+
+
+def runtime_config(config: Mapping, stage: str) -> dict:
+    """The :data:`RUNTIME_KEYS` of ``stage``'s sections: what ``stage_config`` leaves out."""
+    _check_stage(stage)
+    return {key: runtime for key in STAGE_SECTIONS[stage] if isinstance(config[key], Mapping)
+            and (runtime := {k: v for k, v in config[key].items() if k in RUNTIME_KEYS})}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--config`` and ``--runtime``: the options every stage command reads its settings from."""
+    parser.add_argument("--config", required=True, help=help)
+    parser.add_argument("--runtime", default=None, metavar="JSON",
+                        help=f"runtime-only settings over --config, e.g. '{{\"diffusion\": {{\"device\": \"cuda\"}}}}'; "
+                             "the workflow passes them here so that changing them reruns nothing")

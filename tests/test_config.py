@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sedm.cli import main
-from sedm.config import load_config, load_samples, stage_config, validate_config
+from sedm.config import RUNTIME_KEYS, load_config, load_samples, runtime_config, stage_config, validate_config
 from sedm.errors import InputError
 
 HEADER = "slide_id\tpatient_id\tslide_path\tannotation_path\trole\n"
@@ -115,3 +115,35 @@ def test_stage_snapshot_holds_only_its_sections(tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(snap))
     # the snapshot is itself a valid (partial) config
     assert load_config(out)["tiling"] == cfg["tiling"]
+
+
+def test_runtime_keys_live_outside_the_snapshot_and_come_back_through_runtime(tmp_path):
+    cfg = validate_config({"diffusion": {"mem_mb": 64000, "device": "cpu", "lr": 3e-4},
+                           "segmentation": {"num_workers": 3, "lr": 0.002}})
+    snap = stage_config(cfg, "diffusion")
+    assert "lr" in snap["diffusion"] and not RUNTIME_KEYS & set(snap["diffusion"])
+    # changing only a runtime key leaves the snapshot (the rerun trigger) byte-identical
+    bigger = validate_config({**cfg, "diffusion": {**cfg["diffusion"], "mem_mb": 128000, "threads": 16}})
+    assert json.dumps(stage_config(bigger, "diffusion"), sort_keys=True) == json.dumps(snap, sort_keys=True)
+    runtime = runtime_config(bigger, "diffusion")
+    assert runtime["diffusion"]["mem_mb"] == 128000 and runtime["diffusion"]["device"] == "cpu"
+    assert set(runtime) == {"diffusion"} and set(runtime["diffusion"]) <= RUNTIME_KEYS
+    # a command given the snapshot plus --runtime sees the full current config
+    out = tmp_path / "diffusion.json"
+    out.write_text(json.dumps(snap))
+    merged = load_config(out, json.dumps(runtime))
+    assert merged["diffusion"] == bigger["diffusion"]
+    assert load_config(out)["diffusion"]["mem_mb"] == validate_config({})["diffusion"]["mem_mb"]
+
+
+@pytest.mark.parametrize("runtime, problem", [
+    ('{"diffusion": {"lr": 0.1}}', "change what a stage computes"),
+    ("{not json", "not valid JSON"),
+    ('{"diffusion": 3}', "not an object of sections"),
+    ('{"diffusion": {"threads": "many"}}', "threads"),
+])
+def test_bad_runtime_is_one_clear_error(tmp_path, runtime, problem):
+    out = tmp_path / "c.json"
+    out.write_text("{}")
+    with pytest.raises(InputError, match=problem):
+        load_config(out, runtime)

@@ -170,11 +170,13 @@ def test_ddp_two_processes_match_one(stores, tmp_path):
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sedm.cli",
-           "train-diffusion", "--config", str(cfg_file), "--stores", *map(str, stores), "--out", str(tmp_path / "ddp"),
-           "--run-dir", str(tmp_path / "run_ddp"), "--threads", "1"]
+    # --gpus 2 relaunches the command under torchrun, one process per "GPU" (gloo on this CPU machine)
+    cmd = [sys.executable, "-m", "sedm.cli", "train-diffusion", "--gpus", "2", "--config", str(cfg_file),
+           "--stores", *map(str, stores), "--out", str(tmp_path / "ddp"), "--run-dir", str(tmp_path / "run_ddp"),
+           "--threads", "1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stderr, proc.stderr[-3000:]
     assert train(cfg, stores, out=tmp_path / "single", run_dir=tmp_path / "run_single") == 0
 
     ddp_log = pd.read_csv(tmp_path / "run_ddp" / "train_log.csv")

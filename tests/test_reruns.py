@@ -8,6 +8,7 @@ because the report prints it, and the report reruns whenever anything upstream d
 from __future__ import annotations
 
 import json
+import shlex
 from collections import Counter
 from pathlib import Path
 
@@ -65,6 +66,22 @@ def test_nothing_changed_reruns_nothing(done):
     text = output(snakemake(done, "--quiet", "rules"))
     assert executed_jobs(text) == Counter()
     assert "Nothing to be done" in text
+
+
+def test_runtime_only_change_reruns_nothing_but_reaches_the_commands(done):
+    """Threads, memory, device, workers, checkpoint cadence (sedm.config.RUNTIME_KEYS): e.g. more memory
+    after an out-of-memory kill on the cluster must not retrain anything."""
+    edit_config(done, "diffusion", mem_mb=4000, checkpoint_every=7, log_every=3)
+    edit_config(done, "segmentation", num_workers=1, device="cpu", mem_mb=5000)
+    edit_config(done, "synthesis", device="cpu")
+    text = output(snakemake(done, "--dry-run"))
+    assert "Nothing to be done" in text, text[-2000:]
+    # the values still reach the commands (as --runtime), e.g. when the report is rebuilt
+    shell = output(snakemake(done, "--dry-run", "--printshellcmds", "--forcerun", "report", "--until", "report"))
+    tokens = shlex.split(shell[shell.index("sedm report"):].splitlines()[0])
+    runtime = json.loads(tokens[tokens.index("--runtime") + 1])
+    assert runtime["diffusion"]["checkpoint_every"] == 7 and runtime["segmentation"]["num_workers"] == 1
+    assert runtime["synthesis"]["device"] == "cpu"
 
 
 def test_segmentation_change_reruns_segmentation_prediction_evaluation_report(done):

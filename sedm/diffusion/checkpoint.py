@@ -16,21 +16,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sedm.config import RUNTIME_KEYS
 from sedm.store import tile_table_path
 from sedm.training import fingerprint, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"step-(\d+)-([0-9a-f]{12})\.pt$")
-NON_SEMANTIC_KEYS = frozenset({"gpus", "threads", "mem_mb", "runtime_min", "num_workers", "checkpoint_every",
-                               "keep_checkpoints", "sample_every", "log_every", "compile", "device"})
-"""Keys that change how fast or how observably a run goes, not what it computes: a resume may differ."""
 
 
 def run_fingerprint(config: Mapping[str, Any], stores: Sequence[str | Path],
                     unlabelled: Sequence[str | Path] = ()) -> str:
     """Hash of everything that determines the trained weights."""
-    section = {k: v for k, v in config["diffusion"].items() if k not in NON_SEMANTIC_KEYS}
+    section = {k: v for k, v in config["diffusion"].items() if k not in RUNTIME_KEYS}
     semantic = {"diffusion": section, "classes": config["classes"], "seed": config.get("seed", 0),
                 "labelled": [Path(s).name for s in stores], "unlabelled": [Path(s).name for s in unlabelled]}
     files = []

@@ -15,14 +15,17 @@ style drop) is derived from (seed, sample index), and step ``s`` uses sample ind
 ``s*B .. s*B+B-1``. Results therefore do not depend on DataLoader workers, on how the global batch B
 is split over DDP ranks, or on interruptions.
 
-Multi-GPU: launched by ``torchrun --nproc_per_node N -m sedm.cli train-diffusion ...`` (the workflow
-does this when ``diffusion.gpus > 1``); ``batch_size`` is the global batch.
+Multi-GPU: ``--gpus N`` (the workflow passes the job's ``gpu`` resource) with N > 1 replaces the process
+by ``torchrun --standalone --nproc_per_node N -m sedm.cli train-diffusion ...`` (one DDP process per
+GPU); ``batch_size`` is the global batch. The launch is decided here rather than in the rule, so a
+changed GPU count is a resource change that reruns nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -36,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from sedm import __version__
-from sedm.config import load_config
+from sedm.config import add_config_arguments, load_config
 from sedm.data.diffusion_dataset import DiffusionPatchDataset, StepSampler
 from sedm.diffusion import distributed as D
 from sedm.diffusion.checkpoint import find_resumable, run_fingerprint, write_checkpoint
@@ -61,7 +64,7 @@ PREVIEW_INDEX = 2**61
 
 # ------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="sedm config (YAML) or the workflow's stage snapshot")
+    add_config_arguments(parser, "sedm config (YAML) or the workflow's stage snapshot")
     parser.add_argument("--stores", nargs="+", required=True, help="Zarr stores of the labelled slides")
     parser.add_argument("--unlabelled-stores", nargs="*", default=[],
                         help="stores of unlabelled slides, used when diffusion.use_unlabelled is true")
@@ -70,14 +73,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", default="auto",
                         help="auto: newest checkpoint of the same config and stores, if any; none: start over")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--gpus", type=int, default=1,
+                        help="GPUs of this job; more than 1 relaunches the command under torchrun, one process each")
     parser.add_argument("--stop-at", type=int, default=None,
                         help="checkpoint and exit with 75 once this step is reached (preemption drill)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.gpus > 1 and "LOCAL_RANK" not in os.environ:
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.gpus}"]
+        os.execv(sys.executable, [*torchrun, "-m", "sedm.cli", *args.argv])
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = load_config(args.config)
+    config = load_config(args.config, args.runtime)
     if args.resume not in ("auto", "none"):
         raise InputError(None, "--resume", f"unknown value {args.resume!r}", "use auto or none")
     unlabelled = args.unlabelled_stores

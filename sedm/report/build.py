@@ -21,7 +21,7 @@ import pandas as pd
 
 from sedm import __version__
 from sedm.atomic import atomic_path
-from sedm.config import load_config, load_samples
+from sedm.config import add_config_arguments, load_config, load_samples
 from sedm.errors import InputError
 from sedm.report import sections
 from sedm.report.layout import ResultsLayout
@@ -32,7 +32,7 @@ VERSIONED = ("numpy", "pandas", "torch", "diffusers", "monai", "zarr", "snakemak
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="sedm config (YAML/JSON; the workflow passes the report snapshot)")
+    add_config_arguments(parser, "sedm config (YAML/JSON; the workflow passes the report snapshot)")
     parser.add_argument("--samples", required=True, help="sample sheet (TSV)")
     parser.add_argument("--results", required=True, help="results folder to report on (the workflow's `results`)")
     parser.add_argument("--out", required=True, help="HTML file to write")
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, args.runtime)
     samples = load_samples(args.samples)
     if not Path(args.results).is_dir():
         raise InputError(args.results, "--results", "results folder does not exist",

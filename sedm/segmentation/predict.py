@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from sedm import __version__
 from sedm.atomic import atomic_path, write_text
-from sedm.config import load_config
+from sedm.config import add_config_arguments, load_config
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED, class_values
 from sedm.segmentation.data import same_mpp
@@ -53,7 +53,7 @@ _FALLBACK_COLORS = [(230, 60, 60), (60, 160, 230), (240, 200, 40), (120, 200, 90
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="sedm config or the segmentation stage snapshot")
+    add_config_arguments(parser, "sedm config or the segmentation stage snapshot")
     parser.add_argument("--model", required=True, type=Path, help="model directory of `sedm train-seg`")
     parser.add_argument("--store", required=True, type=Path, help="slide store (.zarr) to segment")
     parser.add_argument("--out", required=True, type=Path, help="prediction Zarr to write")
@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.runtime)
     if args.threads:
         torch.set_num_threads(args.threads)
     predict(cfg, model_dir=args.model, store_path=args.store, out=args.out, overlay=args.overlay,

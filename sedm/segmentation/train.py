@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from sedm import __version__
 from sedm.atomic import atomic_path
-from sedm.config import load_config, load_samples
+from sedm.config import RUNTIME_KEYS, add_config_arguments, load_config, load_samples
 from sedm.errors import InputError
 from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
 from sedm.segmentation.data import (RealTiles, SyntheticSet, TrainBatches, annotated_tiles, same_mpp,
@@ -45,12 +45,13 @@ from sedm.training import (CHECKPOINT_NAME, EMA, EXIT_REQUEUE, CsvLog, StopSigna
 log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ["step", "loss", "lr", "synthetic_fraction", "val_macro_dice", "seconds"]
-# Settings that change how a run executes but not what it computes: not part of the fingerprint.
-_RUNTIME_KEYS = ("threads", "gpus", "mem_mb", "device", "num_workers", "ckpt_every", "log_every", "inference")
+# Settings that do not change the trained weights: not part of the fingerprint (prediction settings
+# do change the stage's results, so they are not runtime keys of the workflow).
+_NOT_TRAINING_KEYS = RUNTIME_KEYS | {"inference"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="sedm config or the segmentation stage snapshot")
+    add_config_arguments(parser, "sedm config or the segmentation stage snapshot")
     parser.add_argument("--arm", required=True, help="arm name, a key of segmentation.arms")
     parser.add_argument("--stores", nargs="+", required=True, type=Path, help="labelled slide stores (.zarr)")
     parser.add_argument("--samples", required=True, type=Path, help="sample sheet (patient of each slide)")
@@ -64,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.runtime)
     samples = load_samples(args.samples)
     return train(cfg, arm=args.arm, stores=args.stores, samples=samples, synthetic=args.synthetic,
                  out=args.out, run_dir=args.run_dir, resume=args.resume == "auto", threads=args.threads)
@@ -175,7 +176,7 @@ def validate(model: torch.nn.Module, val: RealTiles, n_classes: int, device: tor
 # --------------------------------------------------------------------------------------- training
 def _fingerprint(cfg: Mapping[str, Any], arm: str, data: TrainingData, store_paths: Sequence[Path],
                  synthetic_paths: Sequence[Path], init: str | None) -> str:
-    seg = {k: v for k, v in cfg["segmentation"].items() if k not in _RUNTIME_KEYS}
+    seg = {k: v for k, v in cfg["segmentation"].items() if k not in _NOT_TRAINING_KEYS}
     inputs = [*store_paths, *(tile_table_path(p) for p in store_paths)]
     if data.synthetic:
         inputs += list(synthetic_paths)

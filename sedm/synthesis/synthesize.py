@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from sedm import __version__
 from sedm.atomic import write_text
-from sedm.config import load_config
+from sedm.config import add_config_arguments, load_config
 from sedm.demo.seeds import rng_for
 from sedm.errors import InputError
 from sedm.labels import class_values
@@ -42,7 +42,7 @@ RESOURCE_KEYS = ("device", "gpus", "threads", "mem_mb")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="sedm config (full, or the synthesis stage snapshot)")
+    add_config_arguments(parser, "sedm config (full, or the synthesis stage snapshot)")
     parser.add_argument("--model", required=True, help="diffusion model directory (sedm train-diffusion --out)")
     parser.add_argument("--style-store", required=True, help="Zarr store of the unlabelled slide (style source)")
     parser.add_argument("--labelled", nargs="+", required=True, help="Zarr stores of the labelled slides (layouts)")
@@ -242,7 +242,7 @@ def _fmt(v: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, args.runtime)
     job = prepare(config, args.model, args.style_store, args.labelled, args.out, args.n_samples)
     from sedm.training import resolve_device
 

@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-from sedm.config import stage_config, validate_config, load_samples
+from sedm.config import STAGE_SECTIONS, load_samples, runtime_config, stage_config, validate_config
 from sedm.errors import InputError
 
 try:
@@ -16,6 +16,8 @@ except InputError as exc:
 R = config["results"]
 SLIDES = SAMPLES.index.tolist()
 ROLE = SAMPLES["role"].to_dict()
+SLIDE_PATH = SAMPLES["slide_path"].to_dict()  # plain dicts: input functions run once per job
+ANNOTATION_PATH = SAMPLES["annotation_path"].to_dict()
 LABELLED = [s for s in SLIDES if ROLE[s] == "labelled"]
 UNLABELLED = [s for s in SLIDES if ROLE[s] == "unlabelled"]
 TEST = [s for s in SLIDES if ROLE[s] == "test"]
@@ -36,7 +38,7 @@ class paths:
     demo_slide = f"{config['demo']['out']}/slides/{{slide}}.tiff"
     demo_annotation = f"{config['demo']['out']}/annotations/{{slide}}.geojson"
     store = f"{R}/tiles/{{slide}}.zarr"
-    tile_table = f"{R}/tiles/{{slide}}.tiles.parquet"
+    tile_table = f"{R}/tiles/{{slide}}.tiles.parquet"  # written with the store: later rules depend on the store
     tissue_qc = f"{R}/tiles/{{slide}}.qc.png"
     tiling_summary = f"{R}/tiles/summary.tsv"
     diffusion_model = f"{R}/diffusion/model"  # directory: config.json + weights (EMA)
@@ -56,6 +58,13 @@ class paths:
     bench = f"{R}/benchmarks/{{rule}}/{{name}}.tsv"
 
 
+# Runtime-only settings (sedm.config.RUNTIME_KEYS: threads, memory, device, checkpoint cadence, ...)
+# are not in the snapshots; a rule hands their current values to its command as the resource
+# `sedm_runtime` (`--runtime {resources.sedm_runtime:q}`). Resources are no rerun trigger, so changing
+# them reruns nothing; a string resource is neither counted nor passed to SLURM.
+RUNTIME = {stage: json.dumps(runtime_config(config, stage), sort_keys=True) for stage in STAGE_SECTIONS}
+
+
 def stage_cfg(stage):
     return paths.stage_config.format(stage=stage)
 
@@ -69,11 +78,11 @@ def bench_for(rule_name, name="{slide}"):
 
 
 def slide_input(wildcards):
-    return SAMPLES.loc[wildcards.slide, "slide_path"]
+    return SLIDE_PATH[wildcards.slide]
 
 
 def annotation_input(wildcards):
-    path = SAMPLES.loc[wildcards.slide, "annotation_path"]
+    path = ANNOTATION_PATH[wildcards.slide]
     return [path] if path else []
 
 
@@ -87,22 +96,21 @@ def final_targets():
 
 
 def report_inputs(wildcards):
-    """Every output the report shows that this workflow's DAG produces."""
+    """What the report waits for: one file or folder per stage, not each of the hundreds of QC
+    thumbnails, montages and overlays it also shows. Those come from the same jobs as files listed
+    here or upstream of them (tile tables -> tiling summary; synthesis -> synthetic arms' models;
+    overlays -> predictions -> evaluation), so order and reruns are the same, and the DAG of a large
+    cohort builds much faster."""
     arms = config["segmentation"]["arms"]
-    synthetic = bool(UNLABELLED) and any(arm["synthetic"] for arm in arms.values())
     inputs = {
         "samples": config["samples"],
         "config": stage_cfg("report"),
         "tiling_summary": paths.tiling_summary,
-        "qc": expand(paths.tissue_qc, slide=SLIDES),
         "seg_models": expand(paths.seg_model, arm=list(arms)),
     }
-    if synthetic:  # the diffusion model is trained only when an arm uses synthetic data
+    if UNLABELLED and any(arm["synthetic"] for arm in arms.values()):
+        # the diffusion model is trained only when an arm uses synthetic data
         inputs["diffusion_model"] = paths.diffusion_model
-        inputs["montages"] = expand(paths.synthesis_montage, slide=UNLABELLED)
-        inputs["synthesis_stats"] = expand(paths.synthesis_stats, slide=UNLABELLED)
     if TEST:
         inputs["eval"] = eval_files("summary.json", "per_patient.csv", "per_slide.csv")
-        inputs["overlays"] = expand(paths.prediction_overlay, arm=list(arms), slide=TEST)
     return inputs
-

@@ -11,18 +11,11 @@ DIFFUSION = config["diffusion"]
 rule train_diffusion:
     input:
         stores=expand(paths.store, slide=LABELLED),
-        tables=expand(paths.tile_table, slide=LABELLED),
         unlabelled=expand(paths.store, slide=UNLABELLED) if DIFFUSION["use_unlabelled"] else [],
-        unlabelled_tables=expand(paths.tile_table, slide=UNLABELLED) if DIFFUSION["use_unlabelled"] else [],
         config=stage_cfg("diffusion"),
     output:
         directory(paths.diffusion_model),
     params:
-        # one process on CPU / one GPU; one DDP process per GPU (torchrun) when the job got gpu > 1
-        # (from diffusion.gpus or a profile's set-resources)
-        launcher=lambda w, resources: (
-            f"torchrun --standalone --nproc_per_node {resources.gpu} -m sedm.cli" if resources.gpu > 1 else "sedm"
-        ),
         run_dir=paths.diffusion_run,
         unlabelled=lambda w, input: ["--unlabelled-stores", *input.unlabelled] if input.unlabelled else [],
     threads: DIFFUSION["threads"]
@@ -30,6 +23,7 @@ rule train_diffusion:
         gpu=DIFFUSION["gpus"],
         mem_mb=lambda w, attempt: DIFFUSION["mem_mb"] * attempt,
         runtime=DIFFUSION["runtime_min"],
+        sedm_runtime=RUNTIME["diffusion"],
     log:
         log_for("train_diffusion", "model"),
     benchmark:
@@ -37,6 +31,7 @@ rule train_diffusion:
     conda:
         ENV
     shell:
-        "{params.launcher} train-diffusion --config {input.config:q} --stores {input.stores:q}"
+        # --gpus > 1 (diffusion.gpus or a profile's set-resources): one DDP process per GPU via torchrun
+        "sedm train-diffusion --config {input.config:q} --runtime {resources.sedm_runtime:q} --stores {input.stores:q}"
         " {params.unlabelled:q} --out {output:q} --run-dir {params.run_dir:q} --resume auto"
-        " --threads {threads} 2> {log:q}"
+        " --threads {threads} --gpus {resources.gpu} 2> {log:q}"

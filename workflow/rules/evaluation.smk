@@ -4,7 +4,6 @@
 rule evaluate:
     input:
         predictions=expand(paths.prediction, arm=ARMS, slide=TEST),
-        stores=expand(paths.store, slide=TEST),
         samples=config["samples"],
         config=stage_cfg("evaluation"),
     output:
@@ -12,6 +11,8 @@ rule evaluate:
     params:
         predictions=[f"{arm}={paths.prediction.format(arm=arm, slide=s)}" for arm in ARMS for s in TEST],
         out=lambda w, output: os.path.dirname(output[0]),
+        # the test slides' labels; their stores are upstream of the predictions already
+        stores=expand(paths.store, slide=TEST),
     log:
         log_for("evaluate", "all"),
     benchmark:
@@ -20,4 +21,4 @@ rule evaluate:
         ENV
     shell:
         "sedm evaluate --config {input.config:q} --samples {input.samples:q} --predictions {params.predictions:q}"
-        " --stores {input.stores:q} --out {params.out:q} 2> {log:q}"
+        " --stores {params.stores:q} --out {params.out:q} 2> {log:q}"

@@ -19,6 +19,8 @@ rule report:
     params:
         # the results folder, derived from an input (R/tiles/summary.tsv) so it follows storage prefixes
         results=lambda w, input: os.path.dirname(os.path.dirname(input.tiling_summary)),
+    resources:
+        sedm_runtime=RUNTIME["report"],
     log:
         log_for("report", "all"),
     benchmark:
@@ -26,5 +28,5 @@ rule report:
     conda:
         ENV
     shell:
-        "sedm report --config {input.config:q} --samples {input.samples:q} --results {params.results:q}"
-        " --out {output.html:q} --figures-dir {output.figures:q} 2> {log:q}"
+        "sedm report --config {input.config:q} --runtime {resources.sedm_runtime:q} --samples {input.samples:q}"
+        " --results {params.results:q} --out {output.html:q} --figures-dir {output.figures:q} 2> {log:q}"

@@ -10,7 +10,6 @@ wildcard_constraints:
 rule train_segmentation:
     input:
         stores=expand(paths.store, slide=LABELLED),
-        tables=expand(paths.tile_table, slide=LABELLED),
         samples=config["samples"],
         # synthetic arms: the synthesis stores of all unlabelled slides (rule synthesize)
         synthetic=lambda w: (
@@ -26,6 +25,7 @@ rule train_segmentation:
     threads: config["segmentation"]["threads"]
     resources:
         gpu=config["segmentation"]["gpus"],
+        sedm_runtime=RUNTIME["segmentation"],
         mem_mb=lambda w, attempt: config["segmentation"]["mem_mb"] * attempt,
     log:
         log_for("train_segmentation", "{arm}"),
@@ -34,7 +34,7 @@ rule train_segmentation:
     conda:
         ENV
     shell:
-        "sedm train-seg --config {input.config:q} --arm {wildcards.arm:q} --stores {input.stores:q}"
+        "sedm train-seg --config {input.config:q} --runtime {resources.sedm_runtime:q} --arm {wildcards.arm:q} --stores {input.stores:q}"
         " --samples {input.samples:q} {params.synthetic:q} --out {output.model:q}"
         " --run-dir {params.run_dir:q} --resume auto --threads {threads} 2> {log:q}"
 
@@ -43,7 +43,6 @@ rule predict_slide:
     input:
         model=paths.seg_model,
         store=paths.store,
-        table=paths.tile_table,
         config=stage_cfg("segmentation"),
     output:
         prediction=directory(paths.prediction),
@@ -54,6 +53,7 @@ rule predict_slide:
     threads: config["segmentation"]["threads"]
     resources:
         gpu=config["segmentation"]["gpus"],
+        sedm_runtime=RUNTIME["segmentation"],
     log:
         log_for("predict_slide", "{arm}/{slide}"),
     benchmark:
@@ -61,6 +61,6 @@ rule predict_slide:
     conda:
         ENV
     shell:
-        "sedm predict --config {input.config:q} --model {input.model:q} --store {input.store:q}"
+        "sedm predict --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q} --store {input.store:q}"
         " --out {output.prediction:q} --overlay {output.overlay:q} --geojson {output.geojson:q}"
         " --threads {threads} 2> {log:q}"

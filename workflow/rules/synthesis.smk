@@ -13,9 +13,6 @@ rule synthesize:
     input:
         model=paths.diffusion_model,
         store=paths.store,
-        table=paths.tile_table,
-        labelled=expand(paths.store, slide=LABELLED),
-        labelled_tables=expand(paths.tile_table, slide=LABELLED),
         config=stage_cfg("synthesis"),
     output:
         store=directory(paths.synthetic),
@@ -25,10 +22,15 @@ rule synthesize:
         slide="|".join(UNLABELLED) or "^$",
     params:
         n=lambda w: SYNTHESIS_SAMPLES[w.slide],
+        # layouts come from the labelled stores; not inputs, because the model above already depends
+        # on every one of them (a re-tiled labelled slide retrains the model, which reruns this), and
+        # 2 x |labelled| inputs per unlabelled slide made the DAG of large cohorts slow to build
+        labelled=expand(paths.store, slide=LABELLED),
     threads: config["synthesis"]["threads"]
     resources:
         gpu=config["synthesis"]["gpus"],
         mem_mb=lambda w, attempt: config["synthesis"]["mem_mb"] * attempt,
+        sedm_runtime=RUNTIME["synthesis"],
     log:
         log_for("synthesize"),
     benchmark:
@@ -36,6 +38,6 @@ rule synthesize:
     conda:
         ENV
     shell:
-        "sedm synthesize --config {input.config:q} --model {input.model:q} --style-store {input.store:q}"
-        " --labelled {input.labelled:q} --n-samples {params.n:q} --threads {threads}"
+        "sedm synthesize --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q} --style-store {input.store:q}"
+        " --labelled {params.labelled:q} --n-samples {params.n:q} --threads {threads}"
         " --out {output.store:q} --montage {output.montage:q} --stats {output.stats:q} 2> {log:q}"
