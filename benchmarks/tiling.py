@@ -1,6 +1,6 @@
 """Benchmark `sedm tile` against the usual per-tile loop and against the raw JPEG decode limit.
 
-Run: ``python benchmarks/tiling.py [--sizes 8192 16384] [--threads 2] [--workdir DIR]``
+Run: ``python benchmarks/tiling.py [--sizes 10240 20480] [--threads 2] [--workdir DIR]``
 
 For each slide size a synthetic H&E-like pyramidal TIFF (mostly tissue, JPEG tiles) is written,
 then, at a target µm/px equal to one of its pyramid levels:
@@ -206,7 +206,7 @@ def store_read(store: Path, n: int = 500, seed: int = 0) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[8192, 16384], help="slide widths/heights, px at level 0")
+    p.add_argument("--sizes", type=int, nargs="+", default=[10240, 20480], help="slide widths/heights, px at level 0")
     p.add_argument("--mpp", type=float, default=0.25, help="µm/px of level 0")
     p.add_argument("--level", type=int, default=0, help="pyramid level whose µm/px is the tiling target")
     p.add_argument("--tile", type=int, default=256)

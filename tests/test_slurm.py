@@ -8,6 +8,7 @@ plugin missing, a foreign SLURM config); under CI (CI=true) that is a failure in
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -21,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from _workflow_helpers import REPO, executed_jobs, make_workdir, read_sheet, snakemake_cmd
+from sedm.config import load_config, runtime_config
 from sedm.profile import GPU_RULES
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -132,8 +134,9 @@ def test_tiny_pipeline_on_slurm_survives_preemption(slurm, tmp_path):
     # ... and ends with the weights of an uninterrupted run (CPU training is deterministic)
     labelled = n.loc[n["role"] == "labelled", "slide_id"]
     ref = tmp_path / "uninterrupted"
+    runtime = json.dumps(runtime_config(load_config(work / "config.yaml"), "diffusion"))  # as the rule passes it
     subprocess.run([sys.executable, "-m", "sedm.cli", "train-diffusion", "--config",
-                    str(work / "results/config/diffusion.json"), "--stores",
+                    str(work / "results/config/diffusion.json"), "--runtime", runtime, "--stores",
                     *[str(work / f"results/tiles/{s}.zarr") for s in labelled], "--out", str(ref / "model"),
                     "--run-dir", str(ref / "run"), "--resume", "none", "--threads", "1"],
                    check=True, capture_output=True, timeout=600)

@@ -12,8 +12,10 @@ on 75; with Snakemake, ``--retries`` reruns the job, which resumes.
 
 Determinism: all randomness of a training sample (patch positions, augmentation, noise, timestep,
 style drop) is derived from (seed, sample index), and step ``s`` uses sample indices
-``s*B .. s*B+B-1``. Results therefore do not depend on DataLoader workers, on how the global batch B
-is split over DDP ranks, or on interruptions.
+``s*B .. s*B+B-1``. The batches therefore do not depend on DataLoader workers, on how the global batch
+B is split over DDP ranks, or on interruptions; a resumed run with the same settings ends bit-identical
+to an uninterrupted one. (Batches that arrive from worker processes sit in other memory, and CPU
+kernels may then round differently: weights trained with ``num_workers`` 0 and 4 differ by ~1e-5.)
 
 Multi-GPU: ``--gpus N`` (the workflow passes the job's ``gpu`` resource) with N > 1 replaces the process
 by ``torchrun --standalone --nproc_per_node N -m sedm.cli train-diffusion ...`` (one DDP process per
