@@ -31,6 +31,7 @@ Annotated slides add ``rasterize`` (1.4-2.3 ms per 128-256 px demo tile).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -350,6 +351,26 @@ def _run_bounded(fn: Callable[[Any], Any], batches: Iterator[Any], threads: int,
             raise
 
 
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory in the process instead of returning it to the kernel.
+
+    Each tile allocates and frees a few 50-200 KB buffers (decoded pixels, pyramid levels, encoded
+    chunks). By default glibc hands such memory back (trims the heap of each thread's arena) and the
+    next tile faults it in again, zero-filled: 0.6 ms of kernel time per tile on a 20k² slide, a
+    third of the tiling CPU. Fixed thresholds keep it (peak RSS grows by ~10 MB). Process-wide and
+    harmless elsewhere; a no-op where the C library is not glibc. Returns whether it applied."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 256 * 2**20))
+
+
 def tile_slide(slide_path: str | Path, *, slide_id: str, config: dict[str, Any], out: str | Path,
                table: str | Path, qc: str | Path, annotation: str | Path | None = None,
                threads: int | None = None, progress: bool = True) -> TilingResult:
@@ -360,6 +381,7 @@ def tile_slide(slide_path: str | Path, *, slide_id: str, config: dict[str, Any],
     """
     from sedm.slides import open_slide
 
+    keep_freed_memory()
     classes = list(config["classes"])
     scfg, tcfg, tiling = config["slides"], config["tissue"], config["tiling"]
     target_mpp = float(tiling["mpp"])
