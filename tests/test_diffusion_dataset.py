@@ -11,6 +11,7 @@ from _diffusion_helpers import CLASSES, make_stores
 from sedm.data.diffusion_dataset import DiffusionPatchDataset, StepSampler
 from sedm.data.toy_stores import make_toy_store
 from sedm.errors import InputError
+from sedm.stain_jitter import StainJitter
 from sedm.store import SlideStore, create_store, fraction_columns, tile_table_path
 
 
@@ -143,3 +144,28 @@ def test_store_mismatches_are_input_errors(stores, tmp_path):
         DiffusionPatchDataset([stores[0], fine], CLASSES, patch_size=32)
     with pytest.raises(InputError, match="smaller than"):
         DiffusionPatchDataset(stores, CLASSES, patch_size=512)
+
+
+def test_style_jitter_restains_content_and_style_patches_alike(stores):
+    """diffusion.style_jitter: one draw per sample, applied to the target and its style patches, so
+    the colour change of the target is the colour change of its style patches (here a pure HSV
+    value scale, whose factor can be read back from the pixels)."""
+    brightness = StainJitter(hed_sigma=0.0, hed_bias=0.0, hue=0.0, saturation=0.0, brightness=0.4)
+    plain = DiffusionPatchDataset(stores, CLASSES, patch_size=32, n_style=2, seed=5)
+    restained = DiffusionPatchDataset(stores, CLASSES, patch_size=32, n_style=2, seed=5, style_jitter=brightness)
+
+    def scale(before, after):  # HSV value (max over RGB) after / before, over tissue pixels that did not clip
+        v0, v1 = ((before + 1) / 2).amax(-3), ((after + 1) / 2).amax(-3)
+        keep = (v0 > 0.2) & (v0 < 0.7)
+        return (v1[keep].sum() / v0[keep].sum()).item()
+
+    factors = []
+    for i in range(12):
+        a, b = plain[i], restained[i]
+        assert torch.equal(a["layout"], b["layout"]) and a["slide"] == b["slide"]  # same sample, other colours
+        content = scale(a["image"], b["image"])
+        style = scale(a["style"], b["style"])
+        assert content == pytest.approx(style, rel=0.06)
+        factors.append(content)
+    assert max(factors) - min(factors) > 0.2  # a different restaining per sample
+    assert 0.6 - 0.02 <= min(factors) and max(factors) <= 1.4 + 0.02

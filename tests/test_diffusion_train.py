@@ -47,8 +47,9 @@ def test_randomness_depends_only_on_sample_index():
     assert not torch.equal(b[0], c[0])
 
 
-def test_resume_is_exact(stores, tmp_path):
-    cfg = _config(max_steps=4, checkpoint_every=2, sample_every=0)
+@pytest.mark.parametrize("style_jitter", [False, True])
+def test_resume_is_exact(stores, tmp_path, style_jitter):
+    cfg = _config(max_steps=4, checkpoint_every=2, sample_every=0, style_jitter={"enabled": style_jitter})
     assert train(cfg, stores, out=tmp_path / "straight", run_dir=tmp_path / "run_a") == 0
     assert train(cfg, stores, out=tmp_path / "resumed", run_dir=tmp_path / "run_b", stop_at=2) == EXIT_REQUEUE
     assert not (tmp_path / "resumed").exists()
@@ -58,6 +59,11 @@ def test_resume_is_exact(stores, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    if style_jitter:  # restained samples are other training data: other weights
+        plain = _config(max_steps=4, checkpoint_every=2, sample_every=0)
+        assert train(plain, stores, out=tmp_path / "plain", run_dir=tmp_path / "run_c") == 0
+        c = _weights(tmp_path / "plain")
+        assert any(not torch.equal(a[k], c[k]) for k in a)
     # raw weights and optimizer state of the final checkpoints too
     ca = torch.load(list_checkpoints(tmp_path / "run_a")[-1][1], weights_only=True)
     cb = torch.load(list_checkpoints(tmp_path / "run_b")[-1][1], weights_only=True)

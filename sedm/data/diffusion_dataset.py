@@ -34,6 +34,7 @@ from torch.utils.data import Dataset, Sampler
 
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED, n_layout_channels, one_hot
+from sedm.stain_jitter import StainJitter
 from sedm.store import SlideStore, fraction_columns, open_checked, tile_table_path
 
 STYLE_SAMPLING = ("multi", "nearby")
@@ -63,7 +64,7 @@ class DiffusionPatchDataset(Dataset):
                  style_patch_size: int | None = None, n_style: int = 2, style_sampling: str = "multi",
                  nearby_radius: int = 256, class_weights: Mapping[str, float] | None = None,
                  unlabelled_stores: Sequence[str | Path] = (), unlabelled_fraction: float = 0.25,
-                 augment: bool = True, seed: int = 0) -> None:
+                 augment: bool = True, style_jitter: StainJitter | None = None, seed: int = 0) -> None:
         if not stores:
             raise InputError(None, "--stores", "no labelled stores given", "pass at least one labelled slide store")
         if style_sampling not in STYLE_SAMPLING:
@@ -78,6 +79,7 @@ class DiffusionPatchDataset(Dataset):
         self.nearby_radius = nearby_radius
         self.unlabelled_fraction = unlabelled_fraction if unlabelled_stores else 0.0
         self.augment = augment
+        self.style_jitter = style_jitter
         self.seed = seed
         self.store_paths = [Path(p) for p in stores] + [Path(p) for p in unlabelled_stores]
         self.n_labelled = len(stores)
@@ -226,6 +228,14 @@ class DiffusionPatchDataset(Dataset):
         if self.augment:
             image, labels = self._augment(rng, image, labels)
             styles = [self._augment(rng, st)[0] for st in styles]
+        if self.style_jitter is not None:
+            # one random restaining of the content patch AND its style patches: the labelled slides'
+            # few, similar styles become many, and the target's colours can only be read from the
+            # style patches, so the model learns to follow them (the published code has no such
+            # pressure; its labelled styles are all the style variety it ever sees)
+            jitter = self.style_jitter.draw(rng)
+            image = self.style_jitter.apply(image, jitter)
+            styles = [self.style_jitter.apply(st, jitter) for st in styles]
         return {
             "image": torch.from_numpy(_to_float(image)),
             "layout": torch.from_numpy(one_hot(labels, self.n_layout)),

@@ -54,6 +54,7 @@ from sedm.models.io import save_model
 from sedm.models.presets import model_config
 from sedm.models.stedm import StedmModel, count_parameters
 from sedm.models.style_encoder import load_encoder_weights
+from sedm.stain_jitter import StainJitter
 from sedm.store import SlideStore
 from sedm.training import EXIT_REQUEUE, CsvLog, StopSignals, autocast, set_rng_state, warmup_cosine
 
@@ -189,7 +190,9 @@ def build_dataset(config: Mapping[str, Any], stores: Sequence[str | Path], unlab
         stores, config["classes"], patch_size=patch_size, style_patch_size=style_patch_size, n_style=n_style,
         style_sampling=s["style_sampling"], nearby_radius=max(1, int(round(s["nearby_radius_um"] / mpp))),
         class_weights=s["class_weights"], unlabelled_stores=unlabelled,
-        unlabelled_fraction=s["unlabelled_fraction"], augment=s["augment"], seed=config["seed"])
+        unlabelled_fraction=s["unlabelled_fraction"], augment=s["augment"],
+        style_jitter=StainJitter.from_config(s["style_jitter"]) if s["style_jitter"]["enabled"] else None,
+        seed=config["seed"])
 
 
 def build_model(config: Mapping[str, Any], mpp: float | None) -> StedmModel:

@@ -1,4 +1,5 @@
-"""Stain colour augmentation: the "stain_aug" arms' answer to scanner and lab variation.
+"""Stain colour jitter: the "stain_aug" arms' answer to scanner and lab variation, and the
+style-consistent restaining of diffusion training samples (``diffusion.style_jitter``).
 
 Following Tellez et al. (2019, "Quantifying the effects of data augmentation and stain colour
 normalization ...") and RandStainNA: an RGB image is moved into haematoxylin / eosin / DAB optical
@@ -75,16 +76,25 @@ class StainJitter:
         return cls(**{k: float(cfg[k]) for k in ("hed_sigma", "hed_bias", "hue", "saturation", "brightness")})
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        return self.apply(image, self.draw(rng))
+
+    def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float, float, float]:
+        """One random jitter: (HED scale, HED shift, hue shift, saturation scale, value scale)."""
         alpha = rng.uniform(1 - self.hed_sigma, 1 + self.hed_sigma, size=3)
         beta = rng.uniform(-self.hed_bias, self.hed_bias, size=3)
-        matrix, offset = hed_jitter_map(alpha, beta)
-        rgb = od_to_rgb(rgb_to_od(image) @ matrix + offset)
-
         dh = rng.uniform(-self.hue, self.hue)
         ds = rng.uniform(1 - self.saturation, 1 + self.saturation)
         dv = rng.uniform(1 - self.brightness, 1 + self.brightness)
+        return alpha, beta, dh, ds, dv
+
+    @staticmethod
+    def apply(image: np.ndarray, jitter: tuple[np.ndarray, np.ndarray, float, float, float]) -> np.ndarray:
+        """``image`` with the jitter of :meth:`draw`; one draw applied to several images restains them alike."""
+        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        alpha, beta, dh, ds, dv = jitter
+        matrix, offset = hed_jitter_map(alpha, beta)
+        rgb = od_to_rgb(rgb_to_od(image) @ matrix + offset)
         hsv = rgb_to_hsv(rgb.astype(np.float32) / np.float32(255.0))
         hsv[..., 0] = (hsv[..., 0] + np.float32(dh)) % np.float32(1.0)
         hsv[..., 1] = np.clip(hsv[..., 1] * np.float32(ds), 0.0, 1.0)
