@@ -103,13 +103,17 @@ def load_config(path: str | Path, runtime: str | None = None) -> dict:
     return validate_config(data, path)
 
 
+_RUNTIME_EXAMPLE = '{"diffusion": {"device": "cuda"}}'
+
+
 def _merge_runtime(data: dict, runtime: str) -> dict:
     try:
         sections = json.loads(runtime)
     except json.JSONDecodeError as exc:
-        raise InputError(None, "--runtime", f"not valid JSON ({exc})", 'pass an object like {"diffusion": {"device": "cuda"}}') from None
+        raise InputError(None, "--runtime", f"not valid JSON ({exc})",
+                         f"pass an object like {_RUNTIME_EXAMPLE}") from None
     if not isinstance(sections, dict) or not all(isinstance(v, dict) for v in sections.values()):
-        raise InputError(None, "--runtime", "not an object of sections", 'pass an object like {"diffusion": {"device": "cuda"}}')
+        raise InputError(None, "--runtime", "not an object of sections", f"pass an object like {_RUNTIME_EXAMPLE}")
     out = dict(data)
     for section, values in sections.items():
         bad = sorted(set(values) - RUNTIME_KEYS)
@@ -229,5 +233,5 @@ def add_config_arguments(parser: argparse.ArgumentParser, help: str) -> None:
     """``--config`` and ``--runtime``: the options every stage command reads its settings from."""
     parser.add_argument("--config", required=True, help=help)
     parser.add_argument("--runtime", default=None, metavar="JSON",
-                        help=f"runtime-only settings over --config, e.g. '{{\"diffusion\": {{\"device\": \"cuda\"}}}}'; "
-                             "the workflow passes them here so that changing them reruns nothing")
+                        help=f"runtime-only settings over --config, e.g. '{_RUNTIME_EXAMPLE}'; the workflow passes "
+                             "them here so that changing them reruns nothing")
