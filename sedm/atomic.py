@@ -48,3 +48,9 @@ def write_text(path: str | Path, text: str) -> None:
     """Atomically write a text file."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Atomically write a binary file."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

@@ -7,11 +7,14 @@ Layout of ``<results>/tiles/<slide>.zarr`` (OME-NGFF 0.5, so napari-ome-zarr ope
     /labels/annotation/0    (y, x) uint8 label mask, values as in sedm.labels (0 = unannotated)
     /labels/tissue/0        (y, x) uint8, 1 = tissue
 
+Shard files are named ``c.<i>.<j>...`` inside each array's folder (:data:`CHUNK_KEYS`).
+
 Chunks (the unit a reader decodes) are tiles: level 0 arrays are chunked by ``tile_size``, level k
 of the image by ``tile_size / 2**k``, so every tile maps to exactly one chunk per array. Chunks are
 grouped into shards (Zarr v3 ``sharding_indexed``, one file each) of up to :data:`SHARD_TILES`
 tiles of one tile row: one file per tile and array made file creation the largest cost of tiling.
-A shard is written by exactly one worker (concurrent writes into one shard lose data,
+The tissue mask, which follows from the thumbnail alone and packs ~200x, is sharded in bands of
+whole tile rows instead (:func:`tissue_shard_rows`). A shard is written by exactly one worker (concurrent writes into one shard lose data,
 zarr-python #3682). Only tissue tiles are written; unwritten chunks (and shards) read as the fill
 value (white glass, unannotated, no tissue).
 
@@ -34,14 +37,30 @@ from sedm.errors import InputError
 from sedm.labels import class_values
 
 IMAGE_FILL = 255  # glass
-SHARD_TILES = 32
-"""Most tiles per shard (along x, within one tile row): few files, yet a shard's worth of decoded
-tiles stays small (see :data:`SHARD_BYTES`), so work units of one shard keep memory small."""
-SHARD_BYTES = 8 * 2**20
-"""Most raw bytes of a level-0 image shard: large tiles get fewer tiles per shard."""
+SHARD_TILES = 128
+"""Most tiles per shard (along x, within one tile row). Shards are written tile by tile
+(:class:`sedm.zarr_shards.Shard`), so their size costs no memory; larger shards mean fewer files
+(creating one costs ~0.5-0.9 ms on ext4, several times that after many deletions on a file system
+without journal) and a shard is also the unit of work, so a wide slide still gives every thread
+many of them."""
+SHARD_BYTES = 32 * 2**20
+"""Most raw bytes of a level-0 image shard: large tiles get fewer tiles per shard, so no shard
+file grows past what a reader or a copy tool handles in one piece."""
+TISSUE_SHARD_CHUNKS = 1024
+"""Most tiles per shard of the tissue mask. Its shards span whole tile rows (bands of
+:func:`tissue_shard_rows` rows): nearly every chunk is constant (all tissue) and packs to a few
+bytes, so a band costs one file where per-32-tile shards cost one per shard, ~8 % of tiling time
+on a 20k² slide. The bound keeps the shard index (16 bytes per chunk, read with every chunk) small."""
 TILE_COLUMNS = ("slide_id", "row", "col", "y", "x", "tissue_fraction")
 """Fixed tile-table columns; then ``frac_unannotated`` and ``frac_<class>`` per class (they sum to 1).
 ``y``/``x`` are the tile's top-left pixel at the store's µm/px; ``row``/``col`` its chunk index."""
+
+CHUNK_KEYS = {"name": "default", "separator": "."}
+"""Shard files are named ``c.0.<row>.<col>`` side by side in one folder per array, not nested
+``c/0/<row>/<col>``: each new folder is an inode the file system places apart (ext4 spreads
+folders over block groups), and making ~3 of them per tile row per array cost 10-15 % of
+tiling throughput (benchmarks/tiling.py). Both separators are valid Zarr v3 and OME-Zarr 0.5
+(RFC-2 allows every chunk key encoding); readers take it from ``zarr.json``."""
 
 _COLORS = [(230, 60, 60), (60, 160, 230), (240, 200, 40), (120, 200, 90), (180, 90, 200),
            (255, 140, 0), (0, 200, 180), (150, 150, 150)]
@@ -76,6 +95,11 @@ def compressor() -> BloscCodec:
     return BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle)
 
 
+def tissue_shard_rows(rows: int, cols: int) -> int:
+    """Tile rows per shard of the tissue mask of a ``rows`` x ``cols`` tile grid."""
+    return max(1, min(rows, TISSUE_SHARD_CHUNKS // max(1, cols)))
+
+
 def tile_table_path(store_path: str | Path) -> Path:
     """``<slide>.zarr`` -> ``<slide>.tiles.parquet`` (same folder)."""
     store_path = Path(store_path)
@@ -102,8 +126,9 @@ def create_store(path: str | Path, *, slide_id: str, height: int, width: int, mp
     """Create an empty store with all arrays and metadata; tiles are written into it afterwards.
 
     ``provenance`` is merged into ``attrs["sedm"]`` (source path, backend, source mpp, ...).
-    A shard spans ``shard_tiles`` tiles of one tile row in every array (default: as many as fit
-    :data:`SHARD_BYTES`, at most :data:`SHARD_TILES`; never more than the tiles of a row).
+    A shard of the image levels and the annotation mask spans ``shard_tiles`` tiles of one tile row
+    (default: as many as fit :data:`SHARD_BYTES`, at most :data:`SHARD_TILES`; never more than the
+    tiles of a row); one of the tissue mask whole tile rows (:func:`tissue_shard_rows`).
     """
     if tile_size % 2 ** (levels - 1):
         raise InputError(None, "tiling.tile_size", f"{tile_size} is not divisible by 2^{levels - 1}",
@@ -116,14 +141,16 @@ def create_store(path: str | Path, *, slide_id: str, height: int, width: int, mp
         t = tile_size // 2**k
         root.create_array(str(k), shape=(3, -(-height // 2**k), -(-width // 2**k)), chunks=(3, t, t),
                           shards=(3, t, n * t), dtype="uint8", fill_value=IMAGE_FILL, compressors=compressor(),
-                          dimension_names=("c", "y", "x"))
+                          chunk_key_encoding=CHUNK_KEYS, dimension_names=("c", "y", "x"))
     labels = root.create_group("labels")
     values = class_values(classes)
+    rows, cols = -(-height // tile_size), -(-width // tile_size)
     for name in ("annotation", "tissue"):
         grp = labels.create_group(name)
-        grp.create_array("0", shape=(height, width), chunks=(tile_size, tile_size),
-                         shards=(tile_size, n * tile_size), dtype="uint8", fill_value=0, compressors=compressor(),
-                         dimension_names=("y", "x"))
+        shards = (tile_size, n * tile_size) if name == "annotation" else \
+            (tissue_shard_rows(rows, cols) * tile_size, cols * tile_size)
+        grp.create_array("0", shape=(height, width), chunks=(tile_size, tile_size), shards=shards, dtype="uint8", fill_value=0, compressors=compressor(),
+                         chunk_key_encoding=CHUNK_KEYS, dimension_names=("y", "x"))
         if name == "annotation":
             colors = [{"label-value": v, "rgba": [*_COLORS[(v - 1) % len(_COLORS)], 255]} for v in values.values()]
             props = [{"label-value": v, "class": c} for c, v in values.items()]

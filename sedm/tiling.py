@@ -9,21 +9,28 @@ Why it is built the way it is:
 * The store is padded to whole tiles: every listed tile reads back as a full ``tile_size`` square
   (padding is glass: white, unannotated, no tissue), and each tile owns exactly one chunk per array.
 * A unit of work is one shard (up to :data:`sedm.store.SHARD_TILES` tiles of a tile row): its
-  worker decodes the shard's tissue tiles, builds the pyramid, masks and labels, and writes one file
-  per array (:class:`sedm.zarr_shards.ShardWriter`). One writer per shard (zarr-python #3682 loses
-  data otherwise), few files (file creation cost more than encoding with one file per tile), and
-  no zarr per-call overhead (~250 chunks/s through ``array[...] =``).
+  worker decodes the shard's tissue tiles one by one, builds each tile's pyramid and appends every
+  level to its shard file at once (:class:`sedm.zarr_shards.Shard`), so it holds one tile at a
+  time, then writes the shard's labels. One writer per shard (zarr-python #3682 loses data
+  otherwise), few files (file creation cost more than encoding with one file per tile), and no
+  zarr per-call overhead (~250 chunks/s through ``array[...] =``). The tissue mask, known from the
+  thumbnail alone, is written in bands of whole tile rows, each its own unit of work.
+* Pixels of whole tissue tiles are stored unpacked (lz4 gains ~3 % on decoded texture, for ~0.1 ms
+  per tile, 5-8 % of the tiling time); tiles with glass in them are packed.
 * When the target µm/px is a pyramid level of a tiled TIFF, tiles are decoded straight from the
   file (no resampling, no RGBA round trip); otherwise the slide backend resamples.
 * Shards are handed to the thread pool with a bounded number in flight, so peak memory depends on
-  the tile size, shard size and thread count, never on the slide size.
+  the tile size and thread count (and the thumbnail), never on the number of tiles.
+* The store's metadata is made while the thumbnail is searched for tissue, and the QC image drawn
+  alongside the first tiles; garbage collection skips the objects that exist before the tile loop
+  (:func:`frozen_gc`).
 * Outputs go through :func:`sedm.atomic.atomic_path`: a failure leaves no store, table or QC image.
 
 Where the time goes (benchmarks/tiling.py, 256 px JPEG tiles, target = a stored level, 2 threads,
-perf samples of the workers on the 2-core dev VM): ~1.2 ms CPU per tissue tile, of which JPEG
-decode ~34 %, transpose + 2x2 pyramid + mask lookups (numpy) ~21 %, kernel (page cache) ~17 %,
-interpreter and GIL hand-offs ~14 %, lz4 ~9 %. So two threads can reach ~0.7x of what one core
-decodes alone, when both cores are free. Shards are written chunk by chunk (:mod:`sedm.zarr_shards`):
+20480² slide, 2-core dev VM): 1.0-1.3 ms CPU per tissue tile, of which JPEG decode ~0.45 ms
+(the whole of "raw decode"), transpose + 2x2 pyramid ~0.2 ms (numpy, already the fastest of the
+forms tried), kernel (page cache, file creation) 0.2-0.35 ms, the rest interpreter work and GIL
+hand-offs; two threads keep ~1.75 cores busy. Writes go out chunk by chunk (:mod:`sedm.zarr_shards`):
 one large write per shard cost 3-10x the kernel time there.
 Annotated slides add ``rasterize`` (1.4-2.3 ms per 128-256 px demo tile).
 """
@@ -31,7 +38,9 @@ Annotated slides add ``rasterize`` (1.4-2.3 ms per 128-256 px demo tile).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import gc
 import json
 import logging
 import math
@@ -51,7 +60,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from sedm.atomic import atomic_path
+from sedm.atomic import atomic_path, write_bytes
 from sedm.config import load_config
 from sedm.errors import InputError
 from sedm.store import IMAGE_FILL, TILE_COLUMNS, create_store, fraction_columns
@@ -126,14 +135,28 @@ def tile_tissue_counts(mask: np.ndarray, iy: np.ndarray, ix: np.ndarray, tile_si
                        rows: int, cols: int) -> np.ndarray:
     """(rows, cols) number of tissue pixels per tile of the nearest-upsampled ``mask``.
 
-    Exact and cheap: ``A_y @ mask @ A_x.T``, where ``A_y[r, j]`` counts the target rows of tile row
-    ``r`` that map to mask row ``j``; the full-resolution mask is never built.
+    Exact, cheap and without the full-resolution mask: ``A_y @ mask @ A_x.T``, where ``A_y[r, j]``
+    counts the target rows of tile row ``r`` that map to mask row ``j``. ``A`` is banded (a tile
+    row covers a few consecutive mask rows), so each product is a weighted sum of mask rows per
+    tile row (``np.add.reduceat``), in integers, not a dense BLAS product: that one left OpenBLAS
+    threads spinning on the cores the tile workers start on.
     """
-    th, tw = mask.shape
-    ay = np.bincount((np.arange(len(iy)) // tile_size) * th + iy, minlength=rows * th).reshape(rows, th)
-    ax = np.bincount((np.arange(len(ix)) // tile_size) * tw + ix, minlength=cols * tw).reshape(cols, tw)
-    counts = ay.astype(np.float64) @ mask.astype(np.float64) @ ax.T.astype(np.float64)
-    return np.rint(counts).astype(np.int64)
+    rowsum = _tile_sums(mask.astype(np.int32), iy, tile_size, rows)        # (rows, tw)
+    return _tile_sums(np.ascontiguousarray(rowsum.T), ix, tile_size, cols).T.astype(np.int64)
+
+
+def _tile_sums(values: np.ndarray, index: np.ndarray, tile_size: int, n_tiles: int) -> np.ndarray:
+    """(n_tiles, ...) sum over target pixels ``i`` of tile ``i // tile_size`` of ``values[index[i]]``
+    (``index`` ascending, as :func:`nearest_index` gives)."""
+    tile = np.arange(len(index)) // tile_size
+    key = tile * values.shape[0] + index  # ascending: runs of one (tile, row) pair
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    weights = np.diff(np.r_[starts, len(key)]).astype(values.dtype)
+    pairs = values[index[starts]] * weights.reshape(-1, *[1] * (values.ndim - 1))
+    first = np.flatnonzero(np.r_[True, tile[starts][1:] != tile[starts][:-1]])  # first pair of each tile
+    out = np.zeros((n_tiles, *values.shape[1:]), dtype=values.dtype)
+    out[tile[starts][first]] = np.add.reduceat(pairs, first, axis=0)
+    return out
 
 
 def mean2x2(chw: np.ndarray) -> np.ndarray:
@@ -314,6 +337,29 @@ class Block:
     cols: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class TissueBand:
+    """The tissue tiles of one shard of the tissue mask: ``cells`` of tile rows ``rows``."""
+
+    rows: range
+    cells: tuple[tuple[int, int], ...]
+
+
+def with_tissue_bands(blocks: Iterator[Block], cells: Sequence[tuple[int, int]],
+                      band_rows: int) -> Iterator[Block | TissueBand]:
+    """``blocks`` with the tissue band of each band of ``band_rows`` tile rows just before its
+    first block, so the band's work spreads over the run like the blocks'."""
+    by_band: dict[int, list[tuple[int, int]]] = {}
+    for cell in cells:
+        by_band.setdefault(cell[0] // band_rows, []).append(cell)
+    for block in blocks:
+        band = by_band.pop(block.row // band_rows, None)
+        if band is not None:
+            start = block.row // band_rows * band_rows
+            yield TissueBand(range(start, start + band_rows), tuple(band))
+        yield block
+
+
 def shard_blocks(cells: Sequence[tuple[int, int]], shard_tiles: int) -> Iterator[Block]:
     """The cells (sorted row-major) grouped by the shard holding them: shards span ``shard_tiles``
     tile columns of one tile row, starting at column 0."""
@@ -349,6 +395,20 @@ def _run_bounded(fn: Callable[[Any], Any], batches: Iterator[Any], threads: int,
                 fut.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+@contextlib.contextmanager
+def frozen_gc() -> Iterator[None]:
+    """Leave the objects that exist now out of garbage collection while the block is run.
+
+    The tile loop allocates few objects, but each collection the allocations trigger walks every
+    object that numpy, pandas, zarr and scikit-image left behind (~2 % of tiling time on a 20k²
+    slide). Frozen objects are only skipped, not leaked: they return to the oldest generation after."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @functools.cache
@@ -420,7 +480,7 @@ def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: li
                      annotation: Path | None, target_mpp: float, tile_size: int, levels: int,
                      min_fraction: float, threads: int, thumb_mpp: float, tcfg: dict, scfg: dict,
                      out: Path, table: Path, qc: Path, progress: bool) -> TilingResult:
-    from sedm.tissue import detect_tissue, save_tissue_qc
+    from sedm.tissue import detect_tissue, tissue_qc_png
 
     source_mpp = float(slide.mpp)
     level = matching_level(slide, target_mpp)
@@ -438,20 +498,6 @@ def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: li
                     slide_path, target_mpp, source_mpp)
     grid = Grid(height, width, tile_size)
 
-    # ---- tissue mask on a thumbnail at thumbnail_mpp µm/px
-    thumb = np.asarray(slide.thumbnail(thumb_mpp))[..., :3]
-    mask = np.asarray(detect_tissue(thumb, thumb_mpp, min_object_um2=float(tcfg["min_object_um2"]),
-                                    min_hole_um2=float(tcfg["min_hole_um2"])), dtype=bool)
-    iy = nearest_index(height, pixel_mpp, thumb_mpp, mask.shape[0])
-    ix = nearest_index(width, pixel_mpp, thumb_mpp, mask.shape[1])
-    counts = tile_tissue_counts(mask, iy, ix, tile_size, grid.rows, grid.cols)
-    area = tile_size * tile_size
-    keep = (counts > 0) & (counts >= min_fraction * area)
-    cells = [(int(r), int(c)) for r, c in zip(*np.nonzero(keep))]  # row-major order
-    if not cells:
-        log.warning("%s: no tile has tissue (fraction >= %g); writing an empty store and tile table",
-                    slide_path, min_fraction)
-
     provenance = {
         "source": str(slide_path.resolve()),
         "annotation": None if annotation is None else str(Path(annotation).resolve()),
@@ -466,16 +512,35 @@ def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: li
         "thumbnail_mpp": thumb_mpp,
         "tissue": {"min_object_um2": float(tcfg["min_object_um2"]), "min_hole_um2": float(tcfg["min_hole_um2"])},
         "min_tissue_fraction": min_fraction,
-        "n_tiles": len(cells),
     }
-    table_meta = {"slide_id": slide_id, "tile_size": tile_size, "classes": classes, "mpp": target_mpp,
-                  **provenance}
 
-    # ---- outputs (temporaries, renamed only when everything succeeded)
-    with atomic_path(out) as tmp_store, atomic_path(table) as tmp_table:
-        root = create_store(tmp_store, slide_id=slide_id, height=grid.padded_height, width=grid.padded_width,
-                            mpp=target_mpp, tile_size=tile_size, levels=levels, classes=classes,
-                            provenance=provenance)
+    # ---- outputs (temporaries, renamed only when everything succeeded). The store's arrays are
+    # made (zarr metadata, ~0.1 s) while the thumbnail is read and searched for tissue, and the QC
+    # image is drawn alongside the first tiles: seconds a core would otherwise idle.
+    with atomic_path(out) as tmp_store, atomic_path(table) as tmp_table, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="sedm-tile-setup") as setup:
+        made = setup.submit(create_store, tmp_store, slide_id=slide_id, height=grid.padded_height,
+                            width=grid.padded_width, mpp=target_mpp, tile_size=tile_size, levels=levels,
+                            classes=classes, provenance=provenance)
+
+        # ---- tissue mask on a thumbnail at thumbnail_mpp µm/px
+        thumb = np.asarray(slide.thumbnail(thumb_mpp))[..., :3]
+        mask = np.asarray(detect_tissue(thumb, thumb_mpp, min_object_um2=float(tcfg["min_object_um2"]),
+                                        min_hole_um2=float(tcfg["min_hole_um2"])), dtype=bool)
+        qc_png = setup.submit(tissue_qc_png, thumb, mask)
+        iy = nearest_index(height, pixel_mpp, thumb_mpp, mask.shape[0])
+        ix = nearest_index(width, pixel_mpp, thumb_mpp, mask.shape[1])
+        counts = tile_tissue_counts(mask, iy, ix, tile_size, grid.rows, grid.cols)
+        area = tile_size * tile_size
+        keep = (counts > 0) & (counts >= min_fraction * area)
+        cells = [(int(r), int(c)) for r, c in zip(*np.nonzero(keep))]  # row-major order
+        if not cells:
+            log.warning("%s: no tile has tissue (fraction >= %g); writing an empty store and tile table",
+                        slide_path, min_fraction)
+        provenance["n_tiles"] = len(cells)
+        root = made.result()
+        root.attrs["sedm"] = {**root.attrs["sedm"], "n_tiles": len(cells)}
+
         writers = [ShardWriter(root[str(k)], tmp_store) for k in range(levels)]
         ann_writer = ShardWriter(root["labels/annotation/0"], tmp_store)
         tissue_writer = ShardWriter(root["labels/tissue/0"], tmp_store)
@@ -488,8 +553,10 @@ def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: li
                                 progress=progress, slide_id=slide_id)
         finally:
             source.close()
+        table_meta = {"slide_id": slide_id, "tile_size": tile_size, "classes": classes, "mpp": target_mpp,
+                      **provenance}
         write_table(tmp_table, rows, table_meta)
-        save_tissue_qc(qc, thumb, mask)  # atomic itself; written last, so only on success
+        write_bytes(qc, qc_png.result())  # atomic itself; written last, so only on success
     log.info("%s: %d tiles of %d px at %g µm/px -> %s", slide_id, len(cells), tile_size, target_mpp, out)
     return TilingResult(rows, provenance, fast_read=fast, direct_write=writers[0].direct)
 
@@ -538,14 +605,16 @@ class BlockTiler:
             self.index = AnnotationIndex(list(annotations), classes)  # built once, shared read-only
         t = grid.tile_size
         self.n_labels = len(classes) + 1
-        self.full_tissue = np.ones((t, t), dtype=np.uint8)
         self.no_label_counts = np.zeros(self.n_labels, np.int64)
         self.no_label_counts[0] = t * t  # unannotated
 
-    def __call__(self, block: Block) -> list[tuple]:
-        """Write the block's shards; returns (row, col, y, x, tissue pixels, label counts) per tile."""
+    def __call__(self, block: Block | TissueBand) -> list[tuple]:
+        """Write the block's shards; returns (row, col, y, x, tissue pixels, label counts) per tile
+        (none for a tissue band)."""
+        if isinstance(block, TissueBand):
+            self._write_tissue(block)
+            return []
         self._write_image(block)
-        self._write_tissue(block)
         label_counts = self._write_labels(block)
         t, row = self.grid.tile_size, block.row
         return [(row, col, row * t, col * t, int(self.counts[row, col]), n)
@@ -563,30 +632,33 @@ class BlockTiler:
         return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
     def _write_image(self, block: Block) -> None:
-        levels: list[dict] = [{} for _ in self.writers]
-        for col in block.cols:
-            chw = self._read_chw(block.row, col)
-            for k, chunks in enumerate(levels):
-                if k:
-                    chw = mean2x2(chw)
-                chunks[(0, block.row, col)] = chw
-        for writer, chunks in zip(self.writers, levels):
-            writer.write(chunks)
+        """Pixels of every level; those of whole tissue tiles are stored unpacked (lz4 would gain
+        ~3 % on decoded texture; tiles with glass in them it packs)."""
+        row, area = block.row, self.grid.tile_size ** 2
+        with contextlib.ExitStack() as stack:  # one shard per level, written tile by tile
+            shards = [stack.enter_context(w.open(w.shard_of((0, row, block.cols[0])))) for w in self.writers]
+            for col in block.cols:
+                chw = self._read_chw(row, col)
+                unpacked = bool(self.counts[row, col] == area)
+                for k, shard in enumerate(shards):
+                    if k:
+                        chw = mean2x2(chw)
+                    shard.add((0, row, col), chw, unpacked=unpacked)
 
-    def _write_tissue(self, block: Block) -> None:
+    def _write_tissue(self, band: TissueBand) -> None:
         """Tissue masks by nearest lookup into the thumbnail mask; full tiles (the bulk, known from
-        ``counts``) share one constant chunk, so only tissue borders are looked up."""
+        ``counts``) are written as constants, so only tissue borders are looked up."""
         t = self.grid.tile_size
-        chunks = {}
-        for col in block.cols:
-            if self.counts[block.row, col] == t * t:
-                chunks[(block.row, col)] = self.full_tissue
+        chunks, full = {}, {}
+        for row, col in band.cells:
+            if self.counts[row, col] == t * t:
+                full[(row, col)] = 1
                 continue
-            y, x, h, w = self.grid.extent(block.row, col)
+            y, x, h, w = self.grid.extent(row, col)
             tissue = np.zeros((t, t), dtype=np.uint8)
             tissue[:h, :w] = self.mask[self.iy[y:y + h, None], self.ix[None, x:x + w]]
-            chunks[(block.row, col)] = tissue
-        self.tissue_writer.write(chunks)
+            chunks[(row, col)] = tissue
+        self.tissue_writer.write(chunks, constants=full)
 
     def _write_labels(self, block: Block) -> list[np.ndarray]:
         """Label masks and per-tile label counts. Rasterised tile by tile, not once per block: a
@@ -624,8 +696,11 @@ def _write_tiles(cells: list[tuple[int, int]], *, tiler: BlockTiler, shard_tiles
         results.extend(block_result)
         bar.update(len(block_result))
 
+    band_rows = tiler.tissue_writer.per_shard[0]
     try:
-        _run_bounded(tiler, shard_blocks(cells, shard_tiles), threads, collect)
+        with frozen_gc():
+            _run_bounded(tiler, with_tissue_bands(shard_blocks(cells, shard_tiles), cells, band_rows), threads,
+                         collect)
     finally:
         bar.close()
     return _table(results, slide_id, tiler.classes, tiler.grid.tile_size)

@@ -9,6 +9,7 @@ one config works at any thumbnail µm/px.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from sedm.atomic import atomic_path
+from sedm.atomic import write_bytes
 
 SAT_RANGE = (0.05, 0.15)
 """Clamp of the saturation threshold: glass with scanner noise stays below 0.05, pale eosin reaches 0.15."""
@@ -49,12 +50,19 @@ def detect_tissue(rgb: np.ndarray, mpp: float, min_object_um2: float = 5000.0,
 
 def save_tissue_qc(path: str | Path, rgb: np.ndarray, mask: np.ndarray) -> None:
     """PNG of the thumbnail with the tissue outline drawn, for a human to eyeball the detection."""
+    write_bytes(path, tissue_qc_png(rgb, mask))
+
+
+def tissue_qc_png(rgb: np.ndarray, mask: np.ndarray) -> bytes:
+    """The bytes :func:`save_tissue_qc` writes (rendered apart, so tiling can draw it while its
+    first tiles are decoded and write it last)."""
     edge = mask & ~ndi.binary_erosion(mask, border_value=0)
     edge = ndi.binary_dilation(edge)  # 2-3 px wide so it survives a scaled-down view
     out = rgb.copy()
     out[edge] = QC_COLOR
-    with atomic_path(path) as tmp:
-        Image.fromarray(out).save(tmp, format="PNG")
+    buf = io.BytesIO()
+    Image.fromarray(out).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _otsu(values: np.ndarray, lo: float, hi: float) -> float:

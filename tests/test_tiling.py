@@ -25,7 +25,8 @@ from sedm.slides import open_slide
 from sedm.store import TILE_COLUMNS, SlideStore, fraction_columns, tile_table_path
 from sedm import store as store_module
 from sedm import tiling
-from sedm.tiling import Block, Grid, _run_bounded, nearest_index, shard_blocks, tile_slide, tile_tissue_counts
+from sedm.tiling import (Block, Grid, TissueBand, _run_bounded, nearest_index, shard_blocks, tile_slide,
+                         tile_tissue_counts, with_tissue_bands)
 from sedm.zarr_shards import ShardWriter, read_shard_index
 
 CLASSES = ["tumour", "stroma", "necrosis"]
@@ -91,10 +92,9 @@ def _stored(store: Path, name: str) -> tuple[set[tuple[int, int]], set[tuple[int
     from the shard files and their indexes, not through zarr."""
     arr = zarr.open_array(str(store / name), mode="r")
     per = [s // c for s, c in zip(arr.shards, arr.chunks)]
-    base = store / name / "c"
     cells, shards = set(), set()
-    for f in (f for f in base.rglob("*") if f.is_file()):
-        key = tuple(int(v) for v in f.relative_to(base).parts)
+    for f in (store / name).glob("c.*"):  # chunk keys c.<i>.<j>... (sedm.store.CHUNK_KEYS)
+        key = tuple(int(v) for v in f.name.split(".")[1:])
         shards.add(key[-2:])
         index = read_shard_index(f, math.prod(per))
         for flat in np.flatnonzero(index[:, 0] != np.uint64(2**64 - 1)):
@@ -171,7 +171,7 @@ def test_only_tissue_tiles_are_written(tiled):
     rows_with_tissue = {(r, 0) for r, _ in cells}  # 5 tile columns: one shard per tile row
     for k in range(3):
         assert _stored(path, str(k)) == (cells, rows_with_tissue)
-    assert _stored(path, "labels/tissue/0") == (cells, rows_with_tissue)
+    assert _stored(path, "labels/tissue/0") == (cells, {(0, 0)})  # 4 x 5 tiles: one band
     assert _stored(path, "labels/annotation/0")[0] <= cells
     # geometry: tissue spans level-0 y 300..900, x 500..1100 -> target y 150..450, x 250..550
     assert (2, 2) in cells and (0, 0) not in cells and (3, 4) in cells
@@ -180,17 +180,29 @@ def test_only_tissue_tiles_are_written(tiled):
 
 
 def test_small_shards_read_back_identically(tiled, inputs, tmp_path, monkeypatch):
-    """Shards of 2 tiles: several shards per row, the last one reaching past the array's edge."""
+    """Shards of 2 tiles: several shards per row, the last one reaching past the array's edge;
+    tissue bands of 2 tile rows, the last one reaching past the array's bottom."""
     path, _ = tiled
     monkeypatch.setattr(store_module, "SHARD_TILES", 2)
+    monkeypatch.setattr(store_module, "TISSUE_SHARD_CHUNKS", 12)  # 5 tiles per row -> 2 rows per band
     _run(tmp_path, inputs["slide"], inputs["ann"])
     small = tmp_path / "s1.zarr"
     a, b = zarr.open_group(str(path), mode="r"), zarr.open_group(str(small), mode="r")
-    assert b["0"].shards == (3, TILE, 2 * TILE) and b["labels/tissue/0"].shards == (TILE, 2 * TILE)
+    assert b["0"].shards == (3, TILE, 2 * TILE) and b["labels/annotation/0"].shards == (TILE, 2 * TILE)
+    assert a["labels/tissue/0"].shards == (4 * TILE, 5 * TILE) and b["labels/tissue/0"].shards == (2 * TILE, 5 * TILE)
     for name in ("0", "1", "2", "labels/annotation/0", "labels/tissue/0"):
         np.testing.assert_array_equal(a[name][:], b[name][:])
     cells = set(zip(SlideStore(small).tiles()["row"], SlideStore(small).tiles()["col"]))
     assert _stored(small, "0") == (cells, {(r, c // 2) for r, c in cells})
+    assert _stored(small, "labels/tissue/0") == (cells, {(r // 2, 0) for r, _ in cells})
+
+
+def test_tissue_bands_come_before_their_first_block():
+    cells = [(0, 1), (0, 2), (1, 0), (3, 4), (4, 0)]
+    items = list(with_tissue_bands(shard_blocks(cells, 2), cells, band_rows=2))
+    assert items == [TissueBand(range(0, 2), ((0, 1), (0, 2), (1, 0))), Block(0, (1,)), Block(0, (2,)),
+                     Block(1, (0,)), TissueBand(range(2, 4), ((3, 4),)), Block(3, (4,)),
+                     TissueBand(range(4, 6), ((4, 0),)), Block(4, (0,))]
 
 
 def test_shard_blocks_group_cells_by_shard():
@@ -313,19 +325,39 @@ def test_shard_writer_bytes_equal_zarr(tmp_path):
     assert writer.write({(0, 0, 0): glass}) == 0  # only the fill value: no shard file
     ref["0"][:, 32:64, 0:64] = np.concatenate([chunks[0], chunks[1]], axis=2)
     ref["0"][:, 0:32, 64:128] = np.concatenate([glass, chunks[2]], axis=2)
-    for key in ("1/0", "0/1"):
-        assert (tmp_path / f"a.zarr/0/c/0/{key}").read_bytes() == (tmp_path / f"b.zarr/0/c/0/{key}").read_bytes()
-    assert not (tmp_path / "a.zarr/0/c/0/0/0").exists()
+    for key in ("1.0", "0.1"):
+        assert (tmp_path / f"a.zarr/0/c.0.{key}").read_bytes() == (tmp_path / f"b.zarr/0/c.0.{key}").read_bytes()
+    assert not (tmp_path / "a.zarr/0/c.0.0.0").exists()
     got = zarr.open_array(str(tmp_path / "a.zarr/0"), mode="r")
     np.testing.assert_array_equal(got[:], ref["0"][:])
-    assert (read_shard_index(tmp_path / "a.zarr/0/c/0/0/1", 2)[0] == np.uint64(2**64 - 1)).all()  # empty chunk
+    assert (read_shard_index(tmp_path / "a.zarr/0/c.0.0.1", 2)[0] == np.uint64(2**64 - 1)).all()  # empty chunk
     with pytest.raises(ValueError, match="different shards"):
         writer.write({(0, 0, 0): chunks[0], (0, 0, 2): chunks[1]})
     labels = ShardWriter(root["labels/tissue/0"], tmp_path / "a.zarr")
-    assert labels.write({(0, 2): np.ones((32, 32), np.uint8), (0, 3): np.ones((32, 32), np.uint8)}) == 2
+    assert labels.per_shard == (2, 4)  # the tissue mask: one band of both tile rows
+    # a known-constant chunk is given by its value; one equal to the fill value is not stored
+    assert labels.write({(0, 2): np.ones((32, 32), np.uint8)}, constants={(0, 3): 1, (1, 0): 0}) == 2
     ref["labels/tissue/0"][0:32, 64:128] = 1
-    assert (tmp_path / "a.zarr/labels/tissue/0/c/0/1").read_bytes() == \
-        (tmp_path / "b.zarr/labels/tissue/0/c/0/1").read_bytes()
+    assert (tmp_path / "a.zarr/labels/tissue/0/c.0.0").read_bytes() == \
+        (tmp_path / "b.zarr/labels/tissue/0/c.0.0").read_bytes()
+
+
+def test_unpacked_chunks_are_blosc_frames_every_reader_decodes(tmp_path):
+    from sedm.store import create_store
+
+    root = create_store(tmp_path / "a.zarr", slide_id="a", height=32, width=64, mpp=1.0, tile_size=32, levels=1,
+                        classes=CLASSES, provenance={}, shard_tiles=2)
+    smooth = np.broadcast_to(np.arange(32, dtype=np.uint8)[None, None, :], (3, 32, 32)).copy()  # lz4 packs it
+    writer = ShardWriter(root["0"], tmp_path / "a.zarr")
+    assert writer.write({(0, 0, 0): smooth, (0, 0, 1): smooth}, unpacked={(0, 0, 1)}) == 2
+    path = tmp_path / "a.zarr/0/c.0.0.0"
+    (o0, n0), (o1, n1) = read_shard_index(path, 2).astype(int)
+    raw = path.read_bytes()
+    memcpyed = 0x02  # Blosc header byte 2: flags
+    assert not raw[o0 + 2] & memcpyed and n0 < smooth.nbytes  # packed
+    assert raw[o1 + 2] & memcpyed and n1 == smooth.nbytes + 16  # stored: header + the bytes
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "a.zarr/0"), mode="r")[:],
+                                  np.concatenate([smooth, smooth], axis=2))
 
 
 def test_short_writes_are_completed(tmp_path, monkeypatch):
