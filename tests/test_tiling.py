@@ -401,6 +401,26 @@ def test_tile_tissue_counts_equal_upsampled_mask():
     np.testing.assert_array_equal(tile_tissue_counts(mask, iy, ix, t, 5, 7), expected)
 
 
+def test_tile_tissue_counts_random_geometries():
+    """The banded integer sums against the upsampled mask, over random sizes and scales (up- and
+    downsampling, partial last tiles, empty and full masks)."""
+    rng = np.random.default_rng(11)
+    for _ in range(100):
+        th, tw = (int(v) for v in rng.integers(1, 40, 2))
+        t = int(rng.choice([4, 8, 16]))
+        mask = rng.random((th, tw)) < rng.choice([0.0, rng.random(), 1.0])
+        target, thumb = rng.uniform(0.2, 3.0), rng.uniform(0.5, 8.0)
+        height, width = (int(v) for v in rng.integers(1, 300, 2))
+        iy, ix = nearest_index(height, target, thumb, th), nearest_index(width, target, thumb, tw)
+        grid = Grid(height, width, t)
+        full = np.zeros((grid.padded_height, grid.padded_width), np.int64)
+        full[:height, :width] = mask[iy[:, None], ix[None, :]]
+        expected = full.reshape(grid.rows, t, grid.cols, t).sum(axis=(1, 3))
+        got = tile_tissue_counts(mask, iy, ix, t, grid.rows, grid.cols)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_in_flight_work_is_bounded():
     state = {"yielded": 0, "done": 0, "max": 0}
 
