@@ -14,9 +14,9 @@ of the image by ``tile_size / 2**k``, so every tile maps to exactly one chunk pe
 grouped into shards (Zarr v3 ``sharding_indexed``, one file each) of up to :data:`SHARD_TILES`
 tiles of one tile row: one file per tile and array made file creation the largest cost of tiling.
 The tissue mask, which follows from the thumbnail alone and packs ~200x, is sharded in bands of
-whole tile rows instead (:func:`tissue_shard_rows`). A shard is written by exactly one worker (concurrent writes into one shard lose data,
-zarr-python #3682). Only tissue tiles are written; unwritten chunks (and shards) read as the fill
-value (white glass, unannotated, no tissue).
+whole tile rows instead (:func:`tissue_shard_rows`). A shard is written by exactly one worker
+(concurrent writes into one shard lose data, zarr-python #3682). Only tissue tiles are written;
+unwritten chunks (and shards) read as the fill value (white glass, unannotated, no tissue).
 
 Next to the store, ``<slide>.tiles.parquet`` lists the written tiles (see :data:`TILE_COLUMNS`).
 """
@@ -49,8 +49,8 @@ file grows past what a reader or a copy tool handles in one piece."""
 TISSUE_SHARD_CHUNKS = 1024
 """Most tiles per shard of the tissue mask. Its shards span whole tile rows (bands of
 :func:`tissue_shard_rows` rows): nearly every chunk is constant (all tissue) and packs to a few
-bytes, so a band costs one file where per-32-tile shards cost one per shard, ~8 % of tiling time
-on a 20k² slide. The bound keeps the shard index (16 bytes per chunk, read with every chunk) small."""
+bytes, so a band costs one file where shards like the image's cost one per 32 tiles: ~5-8 % of
+tiling time on a 20k² slide. The bound keeps the shard index (16 bytes per chunk, read with every chunk) small."""
 TILE_COLUMNS = ("slide_id", "row", "col", "y", "x", "tissue_fraction")
 """Fixed tile-table columns; then ``frac_unannotated`` and ``frac_<class>`` per class (they sum to 1).
 ``y``/``x`` are the tile's top-left pixel at the store's µm/px; ``row``/``col`` its chunk index."""
@@ -149,8 +149,9 @@ def create_store(path: str | Path, *, slide_id: str, height: int, width: int, mp
         grp = labels.create_group(name)
         shards = (tile_size, n * tile_size) if name == "annotation" else \
             (tissue_shard_rows(rows, cols) * tile_size, cols * tile_size)
-        grp.create_array("0", shape=(height, width), chunks=(tile_size, tile_size), shards=shards, dtype="uint8", fill_value=0, compressors=compressor(),
-                         chunk_key_encoding=CHUNK_KEYS, dimension_names=("y", "x"))
+        grp.create_array("0", shape=(height, width), chunks=(tile_size, tile_size), shards=shards, dtype="uint8",
+                         fill_value=0, compressors=compressor(), chunk_key_encoding=CHUNK_KEYS,
+                         dimension_names=("y", "x"))
         if name == "annotation":
             colors = [{"label-value": v, "rgba": [*_COLORS[(v - 1) % len(_COLORS)], 255]} for v in values.values()]
             props = [{"label-value": v, "class": c} for c, v in values.items()]

@@ -153,9 +153,10 @@ def _tile_sums(values: np.ndarray, index: np.ndarray, tile_size: int, n_tiles: i
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     weights = np.diff(np.r_[starts, len(key)]).astype(values.dtype)
     pairs = values[index[starts]] * weights.reshape(-1, *[1] * (values.ndim - 1))
-    first = np.flatnonzero(np.r_[True, tile[starts][1:] != tile[starts][:-1]])  # first pair of each tile
+    pair_tile = tile[starts]
+    first = np.flatnonzero(np.r_[True, pair_tile[1:] != pair_tile[:-1]])  # first pair of each tile
     out = np.zeros((n_tiles, *values.shape[1:]), dtype=values.dtype)
-    out[tile[starts][first]] = np.add.reduceat(pairs, first, axis=0)
+    out[pair_tile[first]] = np.add.reduceat(pairs, first, axis=0)
     return out
 
 
@@ -339,9 +340,8 @@ class Block:
 
 @dataclass(frozen=True)
 class TissueBand:
-    """The tissue tiles of one shard of the tissue mask: ``cells`` of tile rows ``rows``."""
+    """The tissue tiles (row, col) of one shard of the tissue mask (a band of tile rows)."""
 
-    rows: range
     cells: tuple[tuple[int, int], ...]
 
 
@@ -355,8 +355,7 @@ def with_tissue_bands(blocks: Iterator[Block], cells: Sequence[tuple[int, int]],
     for block in blocks:
         band = by_band.pop(block.row // band_rows, None)
         if band is not None:
-            start = block.row // band_rows * band_rows
-            yield TissueBand(range(start, start + band_rows), tuple(band))
+            yield TissueBand(tuple(band))
         yield block
 
 
@@ -521,7 +520,7 @@ def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: li
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="sedm-tile-setup") as setup:
         made = setup.submit(create_store, tmp_store, slide_id=slide_id, height=grid.padded_height,
                             width=grid.padded_width, mpp=target_mpp, tile_size=tile_size, levels=levels,
-                            classes=classes, provenance=provenance)
+                            classes=classes, provenance=dict(provenance))
 
         # ---- tissue mask on a thumbnail at thumbnail_mpp µm/px
         thumb = np.asarray(slide.thumbnail(thumb_mpp))[..., :3]
@@ -537,8 +536,8 @@ def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: li
         if not cells:
             log.warning("%s: no tile has tissue (fraction >= %g); writing an empty store and tile table",
                         slide_path, min_fraction)
-        provenance["n_tiles"] = len(cells)
         root = made.result()
+        provenance["n_tiles"] = len(cells)
         root.attrs["sedm"] = {**root.attrs["sedm"], "n_tiles": len(cells)}
 
         writers = [ShardWriter(root[str(k)], tmp_store) for k in range(levels)]

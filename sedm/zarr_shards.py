@@ -222,7 +222,8 @@ def _is_constant(chunk: np.ndarray, value) -> bool:
 
 def _direct_layout(array: zarr.Array):
     """(function encoding an inner chunk to ``array``'s bytes, whether the index has a crc32c,
-    function storing a chunk unpacked in the same codec's frame), or None if the array is not a uint8 v3 local array sharded as :class:`ShardWriter` writes it."""
+    function storing a chunk unpacked in the same codec's frame), or None if the array is not a
+    uint8 v3 local array sharded as :class:`ShardWriter` writes it."""
     from numcodecs.blosc import compress as blosc_compress
     from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
     from zarr.codecs.sharding import ShardingCodecIndexLocation
