@@ -25,7 +25,7 @@ import functools
 import math
 import os
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import google_crc32c  # a zarr-python dependency (its crc32c codec)
@@ -84,11 +84,9 @@ class ShardWriter:
         return Shard(self, shard)
 
     def write(self, chunks: Mapping[tuple[int, ...], np.ndarray],
-              constants: Mapping[tuple[int, ...], int] | None = None,
-              unpacked: Collection[tuple[int, ...]] = ()) -> int:
+              constants: Mapping[tuple[int, ...], int] | None = None) -> int:
         """Write one shard from its inner chunks, keyed by their (array-wide) chunk grid index;
-        ``constants`` names chunks known to hold one value everywhere (no array needed, no scan);
-        ``unpacked`` chunks are stored without trying to compress them (see the class docstring).
+        ``constants`` names chunks known to hold one value everywhere (no array needed, no scan).
         Chunks not given read as the fill value. Returns how many chunks were stored."""
         items = sorted([*chunks.items(), *(constants or {}).items()], key=lambda item: item[0])  # C order
         if not items:
@@ -99,7 +97,7 @@ class ShardWriter:
                 raise ValueError(f"chunks {index} and {items[0][0]} lie in different shards")
         with self.open(shard) as out:
             for index, chunk in items:
-                out.add(index, chunk, unpacked=index in unpacked)
+                out.add(index, chunk)
         return out.stored
 
     def _encode_chunk(self, chunk: np.ndarray | int) -> bytes:
@@ -163,7 +161,7 @@ class Shard:
     def add(self, index: tuple[int, ...], chunk: np.ndarray | int, unpacked: bool = False) -> bool:
         """Store inner chunk ``index`` (array-wide chunk grid index): an array of the chunk shape,
         or an int for a chunk known to hold that value everywhere. Chunks equal to the fill value
-        are skipped. ``unpacked``: store without trying to compress. Returns whether it was stored."""
+        are skipped. ``unpacked``: store without trying to compress (see :class:`ShardWriter`). Returns whether it was stored."""
         w = self.writer
         if w.shard_of(index) != self.shard:
             raise ValueError(f"chunk {index} does not lie in shard {self.shard}")

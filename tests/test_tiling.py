@@ -348,7 +348,10 @@ def test_unpacked_chunks_are_blosc_frames_every_reader_decodes(tmp_path):
                         classes=CLASSES, provenance={}, shard_tiles=2)
     smooth = np.broadcast_to(np.arange(32, dtype=np.uint8)[None, None, :], (3, 32, 32)).copy()  # lz4 packs it
     writer = ShardWriter(root["0"], tmp_path / "a.zarr")
-    assert writer.write({(0, 0, 0): smooth, (0, 0, 1): smooth}, unpacked={(0, 0, 1)}) == 2
+    with writer.open((0, 0, 0)) as shard:
+        shard.add((0, 0, 0), smooth)
+        shard.add((0, 0, 1), smooth, unpacked=True)
+    assert shard.stored == 2
     path = tmp_path / "a.zarr/0/c.0.0.0"
     (o0, n0), (o1, n1) = read_shard_index(path, 2).astype(int)
     raw = path.read_bytes()
