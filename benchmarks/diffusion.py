@@ -9,7 +9,9 @@
    in [0, 1] intensity, and PSNR) and by seconds per image. A sampler that lands close to DDIM-128 in
    a fraction of the steps gives the same images for a fraction of the cost.
 4. On CUDA only: the ``paper`` preset's training img/s with bf16 + channels_last, with and without
-   ``torch.compile`` (skipped with a note on machines without CUDA).
+   ``torch.compile``, on inputs already on the GPU; then the real trainer (loading from Zarr stores with
+   0, 4 and 8 loader workers) to see whether data loading keeps up; sampling img/s in bf16 and fp32.
+   (Skipped with a note on machines without CUDA.)
 
 The sampler comparison needs a model that has learned something: ``--model`` takes a trained model
 directory (e.g. the demo's ``results/diffusion/model``); without it, the tiny model trained in step 1
@@ -104,7 +106,8 @@ def sampler_table(model, layout, style, seed: int = 0, ref_steps: int = 128,
 
 
 def cuda_paper_bench(batch: int = 8, steps: int = 10) -> dict:
-    """Training img/s of the paper preset on CUDA: bf16 + channels_last, eager vs torch.compile."""
+    """Training img/s of the paper preset on CUDA in bf16: eager in both memory formats (the trainer's
+    default is contiguous: channels-last was slower with this UNet's GroupNorms), and torch.compile."""
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device: paper-preset GPU figures not measured"}
     from sedm.diffusion.schedulers import train_scheduler
@@ -114,9 +117,12 @@ def cuda_paper_bench(batch: int = 8, steps: int = 10) -> dict:
     dev = torch.device("cuda")
     cfg = model_config({"preset": "paper"}, CLASSES)
     out: dict = {"device_name": torch.cuda.get_device_name(0)}
-    for compiled in (False, True):
+    for key, compiled, channels_last in (("eager", False, False), ("eager_channels_last", False, True),
+                                         ("compiled", True, False)):
         torch.manual_seed(0)
-        model = StedmModel(cfg).to(dev).to(memory_format=torch.channels_last)
+        model = StedmModel(cfg).to(dev)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        model.to(memory_format=fmt)
         out["params_m"] = round(count_parameters(model) / 1e6, 2)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         sched = train_scheduler(cfg)
@@ -131,7 +137,7 @@ def cuda_paper_bench(batch: int = 8, steps: int = 10) -> dict:
         def step():
             noise = torch.randn_like(x0)
             t = torch.randint(0, 1000, (batch,), device=dev)
-            noisy = sched.add_noise(x0, noise, t).contiguous(memory_format=torch.channels_last)
+            noisy = sched.add_noise(x0, noise, t).contiguous(memory_format=fmt)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 pred = fwd(noisy, t, layout, style, drop)
             loss = torch.nn.functional.mse_loss(pred.float(), sched.get_velocity(x0, noise, t))
@@ -149,13 +155,13 @@ def cuda_paper_bench(batch: int = 8, steps: int = 10) -> dict:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
-        key = "compiled" if compiled else "eager"
         out[f"train_img_per_s_{key}"] = round(batch * steps / (time.perf_counter() - t0), 2)
         out[f"warmup_s_{key}"] = round(warm, 1)
         out[f"peak_mem_gib_{key}"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         # sampling throughput (eager, bf16 autocast), DPM-Solver++ 20 steps with guidance
         if not compiled:
             model.eval()
+            key_s = "" if key == "eager" else "_channels_last"
             pipe = StedmPipeline(model)
             labels = np.ones((batch, p, p), np.uint8)
             st = np.full((batch, cfg.n_style, p, p, 3), 200, np.uint8)
@@ -165,10 +171,37 @@ def cuda_paper_bench(batch: int = 8, steps: int = 10) -> dict:
                 t0 = time.perf_counter()
                 pipe(labels, st, steps=20, seed=0)
                 torch.cuda.synchronize()
-            out["sample_img_per_s_dpmpp20"] = round(batch / (time.perf_counter() - t0), 2)
+            out[f"sample_img_per_s_dpmpp20{key_s}"] = round(batch / (time.perf_counter() - t0), 2)
+            t0 = time.perf_counter()
+            pipe(labels, st, steps=20, seed=0)  # fp32 (TF32 convolutions), as `sedm synthesize` runs
+            torch.cuda.synchronize()
+            out[f"sample_img_per_s_dpmpp20_fp32{key_s}"] = round(batch / (time.perf_counter() - t0), 2)
         del model, opt
         torch.cuda.empty_cache()
     out["compile_speedup"] = round(out["train_img_per_s_compiled"] / out["train_img_per_s_eager"], 3)
+    out.update(cuda_trainer_bench(batch))
+    return out
+
+
+def cuda_trainer_bench(batch: int, steps: int = 60) -> dict:
+    """The real trainer on CUDA (paper preset, bf16, data loading from Zarr stores included): does the
+    loader keep the GPU fed? Compare ``trainer_img_per_s_w*`` with ``train_img_per_s_eager`` above."""
+    workers = sorted({0, 4, min(8, os.cpu_count() or 1)})
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = [make_toy_store(Path(tmp) / f"s{i}.zarr", slide_id=f"s{i}", size=1024, classes=CLASSES,
+                                 tile_size=256, style=i, seed=i) for i in range(2)]
+        for w in workers:
+            config = validate_config({"classes": CLASSES, "seed": 0, "diffusion": {
+                "preset": "paper", "batch_size": batch, "max_steps": steps, "warmup_steps": 5,
+                "checkpoint_every": steps, "sample_every": 0, "preview_samples": 0, "log_every": steps // 3,
+                "num_workers": w, "device": "cuda"}})
+            run = Path(tmp) / f"run_w{w}"
+            assert train(config, stores, out=Path(tmp) / f"model_w{w}", run_dir=run) == 0
+            import pandas as pd
+
+            log = pd.read_csv(run / "train_log.csv")
+            out[f"trainer_img_per_s_w{w}"] = round(float(log["img_per_s"].iloc[1:].median()), 2)
     return out
 
 

@@ -214,7 +214,9 @@ class EMA:
         return self.shadow
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        self.shadow = {k: v.clone() for k, v in state.items()}
+        """Copy a (CPU-loaded) checkpoint into the shadow, which stays on the model's device."""
+        for k, v in state.items():
+            self.shadow[k].copy_(v)
 
 
 @contextlib.contextmanager

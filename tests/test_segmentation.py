@@ -238,3 +238,13 @@ def test_cli_train_seg_and_bad_arm(cohort, tmp_path, capsys):
     assert "--synthetic" in capsys.readouterr().err
     assert main([*args, "--arm", "stain_aug"]) == 0
     assert (tmp / "m" / "best.safetensors").is_file()
+
+
+def test_ema_state_loads_onto_the_models_device():
+    """A checkpoint is read on the CPU; the EMA shadow must stay where the model is (a GPU)."""
+    from sedm.training import EMA
+
+    model = torch.nn.Linear(3, 2).to("meta")
+    ema = EMA(model, 0.9)
+    ema.load_state_dict({k: torch.ones_like(v, device="cpu") for k, v in model.state_dict().items()})
+    assert {v.device.type for v in ema.state_dict().values()} == {"meta"}

@@ -2,7 +2,9 @@
 
 ``torchrun --nproc_per_node N -m sedm.cli train-diffusion ...`` sets RANK / WORLD_SIZE / LOCAL_RANK;
 without them the trainer runs as one process (CPU or one GPU) and every helper here is a no-op.
-NCCL is used on GPUs, gloo on CPU (the tests run 2 CPU processes with gloo).
+NCCL is used on GPUs, gloo on CPU (the tests run 2 CPU processes with gloo). ``SEDM_DIST_BACKEND=gloo``
+forces gloo on GPUs too: for clusters whose NCCL is broken, and for several ranks sharing one GPU
+(NCCL refuses two ranks on one device), which is how DDP on CUDA is tested on a one-GPU machine.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from sedm.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -46,10 +50,16 @@ def init_distributed(device: str = "auto") -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(None, "--gpus", f"rank {rank} wants {dev} but {torch.cuda.device_count()} CUDA device(s) are "
+                         f"visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
+                         "ask for at most as many GPUs as the node has, or set diffusion.device to cuda:0 and "
+                         "SEDM_DIST_BACKEND=gloo to put all ranks on one GPU")
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        backend = os.environ.get("SEDM_DIST_BACKEND") or ("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(backend=backend)
     return DistInfo(rank, world, local_rank, dev)
 
 

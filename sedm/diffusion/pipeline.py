@@ -124,7 +124,8 @@ class StedmPipeline:
         scheduler = self.scheduler if self.scheduler is not None and sampler is None \
             else sampling_scheduler(cfg, sampler)
         if generator is None and seed is not None:
-            generator = torch.Generator(device).manual_seed(seed)
+            # noise drawn on the CPU: a seed gives the same images on CPU and GPU (up to float error)
+            generator = torch.Generator("cpu").manual_seed(seed)
 
         layout = layouts_to_tensor(layouts, cfg.n_layout).to(device, dtype)
         styles = images_to_tensor(style_images).to(device, dtype)
@@ -142,7 +143,8 @@ class StedmPipeline:
         scheduler.set_timesteps(steps, device=device)
         timesteps = scheduler.timesteps
         latent_shape = (b, cfg.image_channels, h // cfg.latent_factor, w // cfg.latent_factor)
-        noise = torch.randn(latent_shape, generator=generator, device=device, dtype=torch.float32).to(dtype)
+        gen_device = generator.device if generator is not None else device
+        noise = torch.randn(latent_shape, generator=generator, device=gen_device, dtype=torch.float32).to(device, dtype)
         if init_images is None:
             x = noise * scheduler.init_noise_sigma
         else:  # SDEdit: skip the first (1 - strength) of the trajectory, start from the noised image

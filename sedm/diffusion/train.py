@@ -234,6 +234,11 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
                             probe_cfg.n_style)
     model = build_model(config, dataset.mpp)
     cfg = model.config
+    # on the device before the optimizer exists: a resumed optimizer state follows its parameters' device
+    model.to(device)
+    if device.type == "cuda" and s["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    model.codec.to(device)
     noise_sched = train_scheduler(cfg)
     opt = build_optimizer(model, s["lr"], s["weight_decay"])
     lr_sched = _lr_schedule(opt, s)
@@ -245,10 +250,6 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
         opt.load_state_dict(state["optimizer"])
         lr_sched.load_state_dict(state["lr_scheduler"])
         start = int(state["step"])
-    model.to(device)
-    if device.type == "cuda" and s["channels_last"]:
-        model.to(memory_format=torch.channels_last)
-    model.codec.to(device)
     ema = _ema(model, s["ema_decay"])
     if state is not None:
         ema.load_state_dict(state["ema"])

@@ -106,12 +106,12 @@ def blocks(store: SlideStore, block_size: int) -> list[tuple[int, int, int, int]
 
 
 def predict_window(model: torch.nn.Module, image: np.ndarray, *, patch: int, overlap: float, batch: int,
-                   device: torch.device) -> torch.Tensor:
+                   device: torch.device, amp: bool = True) -> torch.Tensor:
     """(K, h, w) float32 class probabilities of an (h, w, 3) uint8 window, gaussian-blended."""
     from monai.inferers import sliding_window_inference
 
     def predictor(x: torch.Tensor) -> torch.Tensor:
-        with autocast(device):
+        with autocast(device, amp):
             return torch.softmax(model(x).float(), dim=1)
 
     x = to_input(torch.from_numpy(np.ascontiguousarray(image))[None].to(device))
@@ -170,7 +170,8 @@ def predict(cfg: Mapping[str, Any], *, model_dir: Path, store_path: Path, out: P
             wy0, wx0 = max(0, y0 - margin), max(0, x0 - margin)
             wy1, wx1 = min(h, y1 + margin), min(w, x1 + margin)
             probs = predict_window(model, store.read_image(wy0, wx0, wy1 - wy0, wx1 - wx0), patch=patch,
-                                   overlap=float(inf["overlap"]), batch=int(inf["batch_size"]), device=dev)
+                                   overlap=float(inf["overlap"]), batch=int(inf["batch_size"]), device=dev,
+                                   amp=bool(cfg["segmentation"]["amp"]))
             probs = probs[:, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
             labels = (probs.argmax(0) + 1).to(torch.uint8).numpy()
             tissue = store.read_tissue(y0, x0, y1 - y0, x1 - x0).astype(bool)
