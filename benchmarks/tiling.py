@@ -14,6 +14,9 @@ then, at a target µm/px equal to one of its pyramid levels:
 * decode: tifffile reading and decoding every tile of that level, one thread: the ceiling a
   single core reaches before anything is written (also printed: decoding only the tiles sedm
   wrote, the tissue tiles; glass tiles decode ~2x faster, so every tile is the easier ceiling);
+* tifffile read: ``page.asarray()`` of that level, one worker thread: tifffile reading every tile
+  into one array (what ``tifffile.imread`` of the level does; the literal "tifffile reading every
+  tile of that level"): slower than the decode loop above, which keeps no pixels;
 * decode+write: the same, plus writing what a store keeps of each tile (its pixels and 2x/4x
   subsamples: 1.33x the decoded bytes) into one new file per 32 tiles: the floor of any tiler that
   stores decoded pixels on this file system;
@@ -174,6 +177,18 @@ def raw_decode(slide: Path, level: int) -> tuple[float, float, int]:
         return n / (time.perf_counter() - t0), 1e3 * (time.process_time() - c0) / n, n
 
 
+def tifffile_read(slide: Path, level: int) -> float:
+    """tifffile ``asarray`` of the whole ``level`` with one worker; tiles/s."""
+    import tifffile
+
+    with tifffile.TiffFile(slide) as tif:
+        page = tif.pages[level]
+        n = len(page.dataoffsets)
+        t0 = time.perf_counter()
+        page.asarray(maxworkers=1)
+        return n / (time.perf_counter() - t0)
+
+
 def raw_decode_tiles(slide: Path, level: int, table: Path) -> float:
     """tifffile read + decode of the tiles a tile table lists (the ones sedm wrote), one thread;
     tiles/s. Glass tiles decode ~2x faster than tissue, so "every tile" is the easier ceiling."""
@@ -300,18 +315,21 @@ def main() -> None:
         decode_median = statistics.median(d[0] for d in decodes)
         same_tps = max(same)
         floor_tps = decode_write(slide, args.level, work / "decode_write")
+        imread_tps = tifffile_read(slide, args.level)
         read_tps = store_read(work / f"out_{big}" / "bench.zarr")
         sedm_tps = runs[big]["tiles_per_s"]
         print(f"naive (openslide read_region + PNG save, 1 thread): {naive_tps:.0f} tiles/s over {len(coords)} tiles")
         print(f"raw decode (tifffile, 1 thread): best {decode_tps:.0f} tiles/s, {decode_cpu:.2f} CPU ms/tile "
               f"over {n_level} tiles")
         print(f"decode + write 1.33x the pixels (1 thread): {floor_tps:.0f} tiles/s")
+        print(f"tifffile read of the level into one array (asarray, 1 worker): {imread_tps:.0f} tiles/s")
         print(f"store read (SlideStore.read_image, 1 thread): {read_tps:.0f} tiles/s "
               f"= {read_tps / decode_tps:.2f}x raw decode")
         median_ratio = runs[big]["median_tiles_per_s"] / decode_median
         print(f"sedm vs naive: {sedm_tps / naive_tps:.2f}x   sedm vs raw decode: {sedm_tps / decode_tps:.2f}x "
               f"(medians of {args.repeat}: {median_ratio:.2f}x; vs decoding the same tiles: {sedm_tps / same_tps:.2f}x)"
-              f"   sedm vs decode+write: {sedm_tps / floor_tps:.2f}x "
+              f"   sedm vs decode+write: {sedm_tps / floor_tps:.2f}x   sedm vs tifffile read: "
+              f"{sedm_tps / imread_tps:.2f}x "
               f"({args.threads} threads, {os.cpu_count()} CPUs)")
         small = min(args.sizes)
         print(json.dumps({
@@ -326,7 +344,8 @@ def main() -> None:
             "threads": args.threads, "target_mpp": target, "tile_size": args.tile, "compressor": args.compressor,
             "cpu_ms_per_tile": round(runs[big]["cpu_ms_per_tile"], 3),
             "sys_ms_per_tile": round(runs[big]["sys_ms_per_tile"], 3), "decode_cpu_ms_per_tile": round(decode_cpu, 3),
-            "decode_write_tiles_per_s": round(floor_tps, 1), "store_read_tiles_per_s": round(read_tps, 1),
+            "decode_write_tiles_per_s": round(floor_tps, 1), "vs_tifffile_read": round(sedm_tps / imread_tps, 2),
+            "tifffile_read_tiles_per_s": round(imread_tps, 1), "store_read_tiles_per_s": round(read_tps, 1),
             "load_avg_1min": round(os.getloadavg()[0], 2),
         }))
 

@@ -65,6 +65,7 @@ class ShardWriter:
         self._dir: Path | None = None
         self._made: set[Path] = set()
         self._constant: dict[int, bytes] = {}
+        self._headers: dict[int, bytes | None] = {}
         self._lock = threading.Lock()
         layout = _direct_layout(array) if store_root is not None else None
         if layout is not None:
@@ -99,6 +100,20 @@ class ShardWriter:
             for index, chunk in items:
                 out.add(index, chunk)
         return out.stored
+
+    def _unpacked_pieces(self, chunk: np.ndarray) -> list:
+        """An unpacked chunk as (frame header, the chunk's own buffer): a Blosc "memcpyed" frame is a
+        16-byte header that depends only on the size, then the bytes as they are, so the header is
+        made once per size and the pixels go to the file without being copied into a frame first."""
+        chunk = np.ascontiguousarray(chunk)
+        nbytes = chunk.nbytes
+        header = self._headers.get(nbytes, b"")
+        if header == b"":
+            frame = self._store(np.zeros(nbytes, np.uint8))
+            header = self._headers[nbytes] = frame[:-nbytes] if len(frame) == nbytes + 16 else None
+        if header is None:  # a Blosc that frames stored data otherwise: let it copy
+            return [self._store(chunk)]
+        return [header, memoryview(chunk).cast("B")]
 
     def _encode_chunk(self, chunk: np.ndarray | int) -> bytes:
         value = chunk if not isinstance(chunk, np.ndarray) else int(chunk.flat[0])
@@ -180,14 +195,14 @@ class Shard:
             self._pending[flat] = chunk
         else:
             if unpacked and isinstance(chunk, np.ndarray):
-                data = w._store(np.ascontiguousarray(chunk))
+                pieces = w._unpacked_pieces(chunk)
             else:
-                data = w._encode_chunk(chunk)
+                pieces = [w._encode_chunk(chunk)]
             if self._fd is None:
                 self._fd = w._create(self.shard)
-            _write_all(self._fd, [data])
-            self._index[flat] = (self._offset, len(data))
-            self._offset += len(data)
+            size = _write_all(self._fd, pieces)
+            self._index[flat] = (self._offset, size)
+            self._offset += size
         self.stored += 1
         return True
 
@@ -201,13 +216,27 @@ class Shard:
             _write_all(self._fd, [raw, int(google_crc32c.value(raw)).to_bytes(4, "little")] if w._crc else [raw])
 
 
-def _write_all(fd: int, pieces: list[bytes]) -> None:
-    """Write ``pieces`` back to back in writes of at most :data:`_WRITE_BYTES`, resuming after
-    short writes."""
-    for piece in pieces:
-        view = memoryview(piece)
-        while len(view):
-            view = view[os.write(fd, view[:_WRITE_BYTES]):]
+def _write_all(fd: int, pieces: list) -> int:
+    """Write ``pieces`` (bytes-like) back to back, gathered into writes of at most
+    :data:`_WRITE_BYTES` (one call for a chunk and its header), resuming after short writes;
+    returns the bytes written."""
+    views = [v for v in (memoryview(p).cast("B") for p in pieces) if len(v)]
+    total = sum(map(len, views))
+    while views:
+        batch, room = [], _WRITE_BYTES
+        for v in views:
+            batch.append(v[:room])
+            room -= len(batch[-1])
+            if not room:
+                break
+        done = os.writev(fd, batch)
+        while done:  # drop what was written
+            step = min(done, len(views[0]))
+            done -= step
+            views[0] = views[0][step:]
+            if not len(views[0]):
+                views.pop(0)
+    return total
 
 
 def _is_constant(chunk: np.ndarray, value) -> bool:

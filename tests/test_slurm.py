@@ -138,7 +138,7 @@ def test_tiny_pipeline_on_slurm_survives_preemption(slurm, tmp_path):
     subprocess.run([sys.executable, "-m", "sedm.cli", "train-diffusion", "--config",
                     str(work / "results/config/diffusion.json"), "--runtime", runtime, "--stores",
                     *[str(work / f"results/tiles/{s}.zarr") for s in labelled], "--out", str(ref / "model"),
-                    "--run-dir", str(ref / "run"), "--resume", "none", "--threads", "1"],
+                    "--run-dir", str(ref / "run"), "--resume", "never", "--threads", "1"],
                    check=True, capture_output=True, timeout=600)
     resumed = load_file(work / "results/diffusion/model/model.safetensors")
     fresh = load_file(ref / "model/model.safetensors")

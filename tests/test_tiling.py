@@ -163,6 +163,18 @@ def test_pyramid_levels_are_2x2_means(tiled):
     np.testing.assert_array_equal(store.read_image(int(t.y) // 4, int(t.x) // 4, TILE // 4, TILE // 4, level=2), mean2)
 
 
+@pytest.mark.parametrize("byteorder", ["little", "big"])
+def test_mean2x2_rounds_half_up(monkeypatch, byteorder):
+    monkeypatch.setattr(tiling.sys, "byteorder", byteorder)  # the uint16-view path and the plain one
+    rng = np.random.default_rng(0)
+    chw = rng.integers(0, 256, (3, 64, 96), dtype=np.uint8)
+    chw[:, :2, :2] = 255  # sums at the top of uint16's byte range
+    a = chw.astype(np.int64)
+    expected = (a[:, 0::2, 0::2] + a[:, 1::2, 0::2] + a[:, 0::2, 1::2] + a[:, 1::2, 1::2] + 2) // 4
+    np.testing.assert_array_equal(tiling.mean2x2(chw), expected)
+    np.testing.assert_array_equal(tiling.mean2x2(chw[:, :, :48]), expected[:, :, :24])  # a non-contiguous view
+
+
 def test_only_tissue_tiles_are_written(tiled):
     path, _ = tiled
     table = SlideStore(path).tiles()
@@ -358,6 +370,7 @@ def test_unpacked_chunks_are_blosc_frames_every_reader_decodes(tmp_path):
     memcpyed = 0x02  # Blosc header byte 2: flags
     assert not raw[o0 + 2] & memcpyed and n0 < smooth.nbytes  # packed
     assert raw[o1 + 2] & memcpyed and n1 == smooth.nbytes + 16  # stored: header + the bytes
+    assert raw[o1:o1 + n1] == bytes(writer._store(smooth))  # byte for byte the frame Blosc writes at clevel 0
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "a.zarr/0"), mode="r")[:],
                                   np.concatenate([smooth, smooth], axis=2))
 
@@ -368,8 +381,9 @@ def test_short_writes_are_completed(tmp_path, monkeypatch):
     from sedm import zarr_shards
 
     real = os.write  # short writes: at most 5 bytes of what was asked for, as a signal may cause
-    monkeypatch.setattr(zarr_shards.os, "write", lambda fd, data: real(fd, bytes(data)[:5]))
-    pieces = [b"abcdefgh", b"", b"ij", b"klmnopqrstuvwxyz"]
+    monkeypatch.setattr(zarr_shards.os, "writev", lambda fd, views: real(fd, b"".join(map(bytes, views))[:5]))
+    monkeypatch.setattr(zarr_shards, "_WRITE_BYTES", 7)  # and pieces larger than one write
+    pieces = [b"abcdefgh", b"", b"ij", memoryview(np.arange(20, dtype=np.uint8).reshape(4, 5)), b"klmnopqrstuvwxyz"]
     fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
     try:
         zarr_shards._write_all(fd, pieces)

@@ -73,8 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stores of unlabelled slides, used when diffusion.use_unlabelled is true")
     parser.add_argument("--out", required=True, help="model directory to write (config.json + weights)")
     parser.add_argument("--run-dir", required=True, help="checkpoints, train_log.csv and preview grids")
-    parser.add_argument("--resume", default="auto",
-                        help="auto: newest checkpoint of the same config and stores, if any; none: start over")
+    parser.add_argument("--resume", choices=("auto", "never"), default="auto",
+                        help="auto: newest checkpoint of the same config and stores, if any; never: start over")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--gpus", type=int, default=1,
                         help="GPUs of this job; more than 1 relaunches the command under torchrun, one process each")
@@ -89,8 +89,6 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config(args.config, args.runtime)
-    if args.resume not in ("auto", "none"):
-        raise InputError(None, "--resume", f"unknown value {args.resume!r}", "use auto or none")
     unlabelled = args.unlabelled_stores
     if config["diffusion"]["use_unlabelled"] and not unlabelled:
         raise InputError(args.config, "diffusion.use_unlabelled", "true, but no --unlabelled-stores given",
