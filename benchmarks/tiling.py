@@ -5,7 +5,8 @@ Run: ``python benchmarks/tiling.py [--sizes 10240 20480] [--threads 2] [--workdi
 For each slide size a synthetic H&E-like pyramidal TIFF (mostly tissue, JPEG tiles) is written,
 then, at a target µm/px equal to one of its pyramid levels:
 
-* sedm: ``tile_slide`` in a child process (so its peak RSS is its own), tiles/s over the whole call
+* sedm: ``tile_slide`` in a child process (so its memory is its own: its peak RSS plus the private
+  memory of the worker processes it forks), tiles/s over the whole call
   (thumbnail, tissue detection, reads, labels, pyramid, writes, table); the modules it imports are
   imported before the clock starts (interpreter start-up is not tiling), and user and kernel CPU
   time per tile are reported separately;
@@ -24,7 +25,7 @@ then, at a target µm/px equal to one of its pyramid levels:
 
 sedm and raw decode are each timed ``--repeat`` times, alternately; ratios use the best run of each
 (the least disturbed by other tenants of a shared machine, as ``timeit`` advises) and the JSON
-also has the ratio of the medians. Ratios use the largest slide. The peak RSS of every size is
+also has the ratio of the medians. Ratios use the largest slide. The peak memory of every size is
 printed (the largest over repeats): it must not grow with the slide. The last line is one JSON
 object with the figures.
 """
@@ -83,7 +84,9 @@ def make_slide(path: Path, size: int, mpp: float, seed: int = 0) -> None:
 
 # -- measurements --------------------------------------------------------------------------------------
 def run_sedm_child(slide: Path, out: Path, mpp: float, tile: int, threads: int, compressor: str = "store") -> dict:
-    """Tile in a fresh interpreter into an empty ``out``; returns its timing and peak RSS."""
+    """Tile in a fresh interpreter into an empty ``out``; returns its timing and peak memory: the
+    interpreter's peak RSS plus the peak private memory of each worker process it forks (sampled
+    every 20 ms; a forked worker shares the rest of its pages with the parent)."""
     import shutil
 
     # Replacing an old store is not part of the measurement: it is removed and its dirty pages
@@ -95,8 +98,40 @@ def run_sedm_child(slide: Path, out: Path, mpp: float, tile: int, threads: int, 
     os.sync()
     cmd = [sys.executable, __file__, "--child", str(slide), "--child-out", str(out), "--target-mpp", str(mpp),
            "--tile", str(tile), "--threads", str(threads), "--compressor", compressor]
-    res = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    private: dict[int, float] = {}
+    while True:
+        try:
+            stdout, stderr = proc.communicate(timeout=0.02)
+            break
+        except subprocess.TimeoutExpired:
+            for pid in _children(proc.pid):
+                private[pid] = max(private.get(pid, 0.0), _private_mb(pid))
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, stdout, stderr)
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["workers_private_mb"] = sum(private.values())
+    result["peak_rss_mb"] = result["parent_rss_mb"] + result["workers_private_mb"]
+    return result
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for f in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            out += [int(v) for v in f.read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _private_mb(pid: int) -> float:
+    """Private (not shared) resident memory of ``pid`` from /proc; 0 once it is gone."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    except (OSError, ValueError):
+        return 0.0
+    return sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty") if k in fields) / 1024
 
 
 def peak_rss_mb() -> float:
@@ -137,16 +172,20 @@ def child(args: argparse.Namespace) -> None:
     out = Path(args.child_out)
     t0 = time.perf_counter()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = tile_slide(args.child, slide_id="bench", config=config, out=out / "bench.zarr",
                         table=out / "bench.tiles.parquet", qc=out / "bench.qc.png", threads=args.threads,
                         progress=False)
     dt = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # worker processes (reaped when tiling ends)
     n = max(1, len(result.table))
-    user, kernel = 1e3 * (r1.ru_utime - r0.ru_utime) / n, 1e3 * (r1.ru_stime - r0.ru_stime) / n
+    user = 1e3 * (r1.ru_utime - r0.ru_utime + c1.ru_utime - c0.ru_utime) / n
+    kernel = 1e3 * (r1.ru_stime - r0.ru_stime + c1.ru_stime - c0.ru_stime) / n
     print(json.dumps({"n_tiles": len(result.table), "seconds": dt, "tiles_per_s": len(result.table) / dt,
                       "cpu_ms_per_tile": user + kernel, "user_ms_per_tile": user, "sys_ms_per_tile": kernel,
-                      "peak_rss_mb": peak_rss_mb(), "fast_read": result.fast_read,
+                      "parent_rss_mb": peak_rss_mb(),
+                      "processes": result.processes, "fast_read": result.fast_read,
                       "direct_write": result.direct_write}))
 
 
@@ -295,8 +334,10 @@ def main() -> None:
                 tries.append(r)
                 print(f"sedm  {size:>6} px: {r['n_tiles']} tiles in {r['seconds']:.2f}s = {r['tiles_per_s']:.0f} "
                       f"tiles/s, {r['cpu_ms_per_tile']:.2f} CPU ms/tile ({r['user_ms_per_tile']:.2f} user + "
-                      f"{r['sys_ms_per_tile']:.2f} kernel), peak RSS {r['peak_rss_mb']:.0f} MB "
-                      f"(fast read {r['fast_read']}, direct write {r['direct_write']}, codec {args.compressor})")
+                      f"{r['sys_ms_per_tile']:.2f} kernel), peak memory {r['peak_rss_mb']:.0f} MB "
+                      f"(RSS {r['parent_rss_mb']:.0f} MB + workers' own {r['workers_private_mb']:.0f} MB; "
+                      f"{'processes' if r['processes'] else 'threads'}, "
+                      f"fast read {r['fast_read']}, direct write {r['direct_write']}, codec {args.compressor})")
                 if size == big:  # alternate with the baseline, so both see the same machine
                     decodes.append(raw_decode(slide, args.level))
                     same.append(raw_decode_tiles(slide, args.level, work / f"out_{size}" / "bench.tiles.parquet"))
@@ -341,7 +382,8 @@ def main() -> None:
             "slide_px": big, "n_tiles": runs[big]["n_tiles"], "peak_rss_mb_small": round(runs[small]["peak_rss_mb"], 1),
             "slide_px_small": small, "tiles_per_s_small": round(runs[small]["tiles_per_s"], 1),
             "naive_tiles_per_s": round(naive_tps, 1), "decode_tiles_per_s": round(decode_tps, 1),
-            "threads": args.threads, "target_mpp": target, "tile_size": args.tile, "compressor": args.compressor,
+            "threads": args.threads, "workers": "processes" if runs[big]["processes"] else "threads",
+            "workers_private_mb": round(runs[big]["workers_private_mb"], 1), "target_mpp": target, "tile_size": args.tile, "compressor": args.compressor,
             "cpu_ms_per_tile": round(runs[big]["cpu_ms_per_tile"], 3),
             "sys_ms_per_tile": round(runs[big]["sys_ms_per_tile"], 3), "decode_cpu_ms_per_tile": round(decode_cpu, 3),
             "decode_write_tiles_per_s": round(floor_tps, 1), "vs_tifffile_read": round(sedm_tps / imread_tps, 2),

@@ -21,3 +21,6 @@ class InputError(ValueError):
         if field:
             where += f" [{field}]"
         super().__init__(f"{where}: {problem}. Fix: {fix}")
+
+    def __reduce__(self):  # picklable, e.g. raised in a worker process
+        return type(self), (self.file, self.field, self.problem, self.fix)

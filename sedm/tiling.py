@@ -19,19 +19,21 @@ Why it is built the way it is:
   per tile, 5-8 % of the tiling time); tiles with glass in them are packed.
 * When the target µm/px is a pyramid level of a tiled TIFF, tiles are decoded straight from the
   file (no resampling, no RGBA round trip); otherwise the slide backend resamples.
-* Shards are handed to the thread pool with a bounded number in flight, so peak memory depends on
-  the tile size and thread count (and the thumbnail), never on the number of tiles.
+* Shards are handed to the workers with a bounded number in flight, so peak memory depends on the
+  tile size and worker count (and the thumbnail), never on the number of tiles. Several workers are
+  forked processes where that is safe (Linux, a TIFF level decoded directly, direct shard writes):
+  as threads they spent ~20 % more CPU per tile on GIL hand-offs and kept ~1.75 of 2 cores busy;
+  as processes tiling ran ~1.3x faster (:func:`_pool`). Otherwise, threads.
 * The store's metadata is made while the thumbnail is searched for tissue, and the QC image drawn
   alongside the first tiles; garbage collection skips the objects that exist before the tile loop
   (:func:`frozen_gc`).
 * Outputs go through :func:`sedm.atomic.atomic_path`: a failure leaves no store, table or QC image.
 
-Where the time goes (benchmarks/tiling.py, 256 px JPEG tiles, target = a stored level, 2 threads,
-20480² slide, 2-core dev VM): 1.0-1.3 ms CPU per tissue tile, of which JPEG decode ~0.45 ms
-(the whole of "raw decode"), transpose + 2x2 pyramid ~0.2 ms (numpy, already the fastest of the
-forms tried), kernel (page cache, file creation) 0.2-0.35 ms, the rest interpreter work and GIL
-hand-offs; two threads keep ~1.75 cores busy. Writes go out chunk by chunk (:mod:`sedm.zarr_shards`):
-one large write per shard cost 3-10x the kernel time there.
+Where the time goes (benchmarks/tiling.py, 256 px JPEG tiles, target = a stored level, 2 workers,
+20480² slide, 2-core dev VM): 0.85-1.0 ms CPU per tissue tile in one worker, of which JPEG decode
+~0.42 ms (the whole of "raw decode"), transpose + 2x2 pyramid ~0.15 ms (numpy), file writes
+~0.13 ms (kernel page-cache copies), the rest interpreter work. Writes go out chunk by chunk
+(:mod:`sedm.zarr_shards`): one large write per shard cost 3-10x the kernel time there.
 Annotated slides add ``rasterize`` (1.4-2.3 ms per 128-256 px demo tile).
 """
 
@@ -313,6 +315,8 @@ class TilingResult:
     provenance: dict[str, Any]
     fast_read: bool = False
     direct_write: bool = False
+    processes: bool = False
+    """whether the tiles were made by forked worker processes (else threads)"""
 
 
 def empty_table(classes: Sequence[str]) -> pd.DataFrame:
@@ -384,17 +388,68 @@ def shard_blocks(cells: Sequence[tuple[int, int]], shard_tiles: int) -> Iterator
         yield Block(key[0], tuple(cols))
 
 
+_FORKED_FN: Callable[[Any], Any] | None = None
+"""The work function forked worker processes call (they inherit it; only batches are sent)."""
+
+
+def _call_forked(batch: Any) -> Any:
+    assert _FORKED_FN is not None
+    return _FORKED_FN(batch)
+
+
+def can_fork_workers() -> bool:
+    """Whether worker processes may be forked: Linux only (macOS system libraries are not fork-safe;
+    Windows has no fork)."""
+    import multiprocessing
+
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _pool(fn: Callable[[Any], Any], workers: int, processes: bool):
+    """(executor, submit, whether processes) for ``workers`` threads, or forked processes that
+    inherit ``fn``.
+
+    Processes avoid the GIL hand-offs two tiling threads pay for (decode, numpy and file writes each
+    release and retake it several times per tile: ~20 % more CPU per tile with two threads than
+    with one). They are forked, not spawned, so nothing is imported or pickled but the batches and
+    results. The parent may have threads (zarr's event loop, BLAS pools) that a fork does not copy;
+    the workers never call into them: they read the slide with ``pread``, compute with numpy and
+    write shard files with plain file calls."""
+    global _FORKED_FN
+    if not processes:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sedm-tile")
+        return pool, functools.partial(pool.submit, fn), False
+    import multiprocessing
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+
+    _FORKED_FN = fn
+    try:
+        with warnings.catch_warnings():  # Python >= 3.12 warns about any fork of a threaded process
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+            first = pool.submit(int, 0)  # the workers are forked now, under the filter
+        first.result()
+    except OSError as exc:  # no fork here (process limits, memory): threads still work
+        log.warning("cannot fork tiling workers (%s); using threads", exc)
+        return _pool(fn, workers, processes=False)
+    return pool, functools.partial(pool.submit, _call_forked), True
+
+
 def _run_bounded(fn: Callable[[Any], Any], batches: Iterator[Any], threads: int,
-                 on_result: Callable[[Any], None]) -> None:
-    """Run ``fn`` over ``batches`` on ``threads`` workers with at most ``2 * threads`` batches in
-    flight; results are handed to ``on_result`` in submission order. On an error, queued batches
-    are cancelled and running ones finish before the error propagates (so nothing writes into the
-    temporary output after it has been removed)."""
+                 on_result: Callable[[Any], None], processes: bool = False) -> bool:
+    """Run ``fn`` over ``batches`` on ``threads`` workers (threads, or forked processes) with at most
+    ``2 * threads`` batches in flight; results are handed to ``on_result`` in submission order. On
+    an error, queued batches are cancelled and running ones finish before the error propagates (so
+    nothing writes into the temporary output after it has been removed). Returns whether the
+    workers were processes (a failed fork falls back to threads)."""
+    global _FORKED_FN
     pending: deque[Future] = deque()
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sedm-tile") as pool:
+    pool, submit, processes = _pool(fn, threads, processes)
+    with pool:
         try:
             for batch in batches:
-                pending.append(pool.submit(fn, batch))
+                pending.append(submit(batch))
                 while len(pending) >= 2 * threads:
                     on_result(pending.popleft().result())
             while pending:
@@ -404,6 +459,9 @@ def _run_bounded(fn: Callable[[Any], Any], batches: Iterator[Any], threads: int,
                 fut.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+        finally:
+            _FORKED_FN = None
+    return processes
 
 
 @contextlib.contextmanager
@@ -442,10 +500,13 @@ def keep_freed_memory() -> bool:
 
 def tile_slide(slide_path: str | Path, *, slide_id: str, config: dict[str, Any], out: str | Path,
                table: str | Path, qc: str | Path, annotation: str | Path | None = None,
-               threads: int | None = None, progress: bool = True) -> TilingResult:
+               threads: int | None = None, progress: bool = True, processes: bool | None = None) -> TilingResult:
     """Tile one slide into ``out`` (Zarr v3, sedm.store layout), ``table`` (parquet) and ``qc`` (PNG).
 
-    ``config`` is a validated sedm config (sections classes, slides, tissue, tiling).
+    ``config`` is a validated sedm config (sections classes, slides, tissue, tiling). ``processes``:
+    whether the ``threads`` workers are forked processes; None (default) picks them where they are
+    safe and faster: more than one worker, Linux, the slide level decoded directly (no slide
+    library handle in the workers) and every shard written directly.
     Raises :class:`InputError` before any output exists if an input is unusable.
     """
     from sedm.slides import open_slide
@@ -480,7 +541,7 @@ def tile_slide(slide_path: str | Path, *, slide_id: str, config: dict[str, Any],
                                 annotations=annotations, annotation=annotation, target_mpp=target_mpp,
                                 tile_size=tile_size, levels=levels, min_fraction=min_fraction,
                                 threads=threads, thumb_mpp=thumb_mpp, tcfg=tcfg, scfg=scfg, out=out,
-                                table=table, qc=qc, progress=progress)
+                                table=table, qc=qc, progress=progress, processes=processes)
     finally:
         slide.close()
 
@@ -488,7 +549,7 @@ def tile_slide(slide_path: str | Path, *, slide_id: str, config: dict[str, Any],
 def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: list[str], annotations: list,
                      annotation: Path | None, target_mpp: float, tile_size: int, levels: int,
                      min_fraction: float, threads: int, thumb_mpp: float, tcfg: dict, scfg: dict,
-                     out: Path, table: Path, qc: Path, progress: bool) -> TilingResult:
+                     out: Path, table: Path, qc: Path, progress: bool, processes: bool | None) -> TilingResult:
     from sedm.tissue import detect_tissue, tissue_qc_png
 
     source_mpp = float(slide.mpp)
@@ -558,8 +619,13 @@ def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: li
             tiler = BlockTiler(grid=grid, source=source, mask=mask, counts=counts, iy=iy, ix=ix,
                                annotations=annotations, classes=classes, scale=source_mpp / pixel_mpp,
                                writers=writers, ann_writer=ann_writer, tissue_writer=tissue_writer)
-            rows = _write_tiles(cells, tiler=tiler, shard_tiles=writers[0].per_shard[-1], threads=threads,
-                                progress=progress, slide_id=slide_id)
+            direct = all(w.direct for w in (*writers, ann_writer, tissue_writer))
+            if processes is None:
+                processes = threads > 1 and fast and direct and can_fork_workers()
+            elif processes and not (fast and direct and can_fork_workers()):
+                raise ValueError("worker processes need a directly decoded TIFF level, direct shard writes and fork")
+            rows, processes = _write_tiles(cells, tiler=tiler, shard_tiles=writers[0].per_shard[-1], threads=threads,
+                                progress=progress, slide_id=slide_id, processes=processes)
         finally:
             source.close()
         table_meta = {"slide_id": slide_id, "tile_size": tile_size, "classes": classes, "mpp": target_mpp,
@@ -567,7 +633,7 @@ def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: li
         write_table(tmp_table, rows, table_meta)
         write_bytes(qc, qc_png.result())  # atomic itself; written last, so only on success
     log.info("%s: %d tiles of %d px at %g µm/px -> %s", slide_id, len(cells), tile_size, target_mpp, out)
-    return TilingResult(rows, provenance, fast_read=fast, direct_write=writers[0].direct)
+    return TilingResult(rows, provenance, fast_read=fast, direct_write=writers[0].direct, processes=processes)
 
 
 def _tile_source(slide: Any, slide_path: Path, scfg: dict, target_mpp: float, level: int | None,
@@ -695,8 +761,9 @@ class BlockTiler:
 
 
 def _write_tiles(cells: list[tuple[int, int]], *, tiler: BlockTiler, shard_tiles: int, threads: int,
-                 progress: bool, slide_id: str) -> pd.DataFrame:
-    """Tile every cell, one shard per unit of work; returns the tile table."""
+                 progress: bool, slide_id: str, processes: bool = False) -> tuple[pd.DataFrame, bool]:
+    """Tile every cell, one shard per unit of work; returns the tile table and whether the workers
+    were processes."""
     results: list[tuple] = []
     bar = tqdm(total=len(cells), unit="tile", desc=f"tiling {slide_id}", file=sys.stderr,
                disable=not progress, mininterval=1.0)
@@ -708,11 +775,11 @@ def _write_tiles(cells: list[tuple[int, int]], *, tiler: BlockTiler, shard_tiles
     band_rows = tiler.tissue_writer.per_shard[0]
     try:
         with frozen_gc():
-            _run_bounded(tiler, with_tissue_bands(shard_blocks(cells, shard_tiles), cells, band_rows), threads,
-                         collect)
+            processes = _run_bounded(tiler, with_tissue_bands(shard_blocks(cells, shard_tiles), cells, band_rows),
+                                     threads, collect, processes=processes)
     finally:
         bar.close()
-    return _table(results, slide_id, tiler.classes, tiler.grid.tile_size)
+    return _table(results, slide_id, tiler.classes, tiler.grid.tile_size), processes
 
 
 def _table(results: list[tuple], slide_id: str, classes: list[str], tile_size: int) -> pd.DataFrame:
@@ -741,7 +808,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slide-id", required=True, help="slide identifier (sample sheet slide_id)")
     parser.add_argument("--slide", required=True, help="whole-slide image (any openslide/tiffslide format)")
     parser.add_argument("--annotation", help="QuPath GeoJSON export with the slide's annotations")
-    parser.add_argument("--threads", type=int, help="worker threads (default: tiling.threads)")
+    parser.add_argument("--threads", type=int,
+                        help="workers, one core each: forked processes on Linux when a TIFF level is decoded "
+                             "directly, else threads (default: tiling.threads)")
     parser.add_argument("--out", required=True, help="Zarr v3 store to write (<slide>.zarr)")
     parser.add_argument("--table", required=True, help="tile table to write (<slide>.tiles.parquet)")
     parser.add_argument("--qc", required=True, help="tissue-mask QC image to write (PNG)")

@@ -242,10 +242,39 @@ def test_tile_table_fractions_match_store(tiled):
     assert tile_table_path(path).is_file() and (path.parent / "s1.qc.png").is_file()
 
 
+def _files(store: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(store)): f.read_bytes() for f in sorted(store.rglob("*")) if f.is_file()}
+
+
+def test_worker_processes_write_what_threads_write(tiled, inputs, tmp_path):
+    """Two workers are forked processes where they can be (Linux, a directly decoded level); the
+    store is byte for byte the one two threads write, the tile table the same."""
+    path, by_processes = tiled
+    assert by_processes.processes and by_processes.fast_read
+    by_threads = tile_slide(inputs["slide"], slide_id="s1", config=_config(), out=tmp_path / "s1.zarr",
+                            table=tmp_path / "s1.tiles.parquet", qc=tmp_path / "s1.qc.png", annotation=inputs["ann"],
+                            threads=2, progress=False, processes=False)
+    assert not by_threads.processes
+    assert _files(tmp_path / "s1.zarr") == _files(path)
+    pd.testing.assert_frame_equal(by_threads.table, by_processes.table)
+
+
+def test_input_error_survives_pickling():
+    """An InputError raised in a worker process reaches the parent whole (file, field, problem, fix)."""
+    import pickle
+
+    from sedm.errors import InputError
+
+    err = pickle.loads(pickle.dumps(InputError("a.tif", "tiling.mpp", "too small", "use more")))
+    assert (err.file, err.field, err.problem, err.fix) == ("a.tif", "tiling.mpp", "too small", "use more")
+    assert str(err) == "a.tif [tiling.mpp]: too small. Fix: use more"
+
+
 def test_resampled_target_matches_slide_read(inputs, tmp_path):
-    """A target µm/px that is no pyramid level goes through the backend's resampling."""
+    """A target µm/px that is no pyramid level goes through the backend's resampling (in threads:
+    slide library handles are not shared with forked workers)."""
     result = _run(tmp_path, inputs["slide"], None, _config(mpp=0.8, tile_size=64, pyramid_levels=1))
-    assert not result.fast_read
+    assert not result.fast_read and not result.processes
     store = SlideStore(tmp_path / "s1.zarr")
     assert (store.attrs["height"], store.attrs["width"]) == (625, 687)  # floor(1000 * 0.5 / 0.8), ...
     t = store.tiles().iloc[len(store.tiles()) // 2]
@@ -451,6 +480,31 @@ def test_in_flight_work_is_bounded():
 
     _run_bounded(lambda i: i * i, batches(), threads=3, on_result=done)
     assert state["done"] == 50 and state["max"] <= 2 * 3
+
+
+@pytest.mark.skipif(not tiling.can_fork_workers(), reason="worker processes are forked (Linux)")
+def test_forked_workers_run_an_unpicklable_function_in_order():
+    import os
+
+    parent = os.getpid()
+    out = []
+    used = _run_bounded(lambda i: (i * i, os.getpid()), iter(range(20)), threads=2, on_result=out.append,
+                        processes=True)
+    assert used and [v for v, _ in out] == [i * i for i in range(20)]
+    assert parent not in {pid for _, pid in out}  # the lambda ran in the (forked) workers
+
+
+def test_failed_fork_falls_back_to_threads(monkeypatch):
+    import concurrent.futures
+
+    class NoFork:
+        def __init__(self, *args, **kwargs):
+            raise OSError("fork: resource temporarily unavailable")
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", NoFork)
+    out = []
+    assert _run_bounded(lambda i: i + 1, iter(range(5)), threads=2, on_result=out.append, processes=True) is False
+    assert out == [1, 2, 3, 4, 5]
 
 
 def test_tiling_summary_matches_hand_computation(tiled, inputs, tmp_path):
