@@ -624,8 +624,9 @@ def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: li
                 processes = threads > 1 and fast and direct and can_fork_workers()
             elif processes and not (fast and direct and can_fork_workers()):
                 raise ValueError("worker processes need a directly decoded TIFF level, direct shard writes and fork")
-            rows, processes = _write_tiles(cells, tiler=tiler, shard_tiles=writers[0].per_shard[-1], threads=threads,
-                                progress=progress, slide_id=slide_id, processes=processes)
+            rows, processes = _write_tiles(cells, tiler=tiler, shard_tiles=writers[0].per_shard[-1],
+                                           threads=threads, progress=progress, slide_id=slide_id,
+                                           processes=processes)
         finally:
             source.close()
         table_meta = {"slide_id": slide_id, "tile_size": tile_size, "classes": classes, "mpp": target_mpp,

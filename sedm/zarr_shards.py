@@ -176,7 +176,8 @@ class Shard:
     def add(self, index: tuple[int, ...], chunk: np.ndarray | int, unpacked: bool = False) -> bool:
         """Store inner chunk ``index`` (array-wide chunk grid index): an array of the chunk shape,
         or an int for a chunk known to hold that value everywhere. Chunks equal to the fill value
-        are skipped. ``unpacked``: store without trying to compress (see :class:`ShardWriter`). Returns whether it was stored."""
+        are skipped. ``unpacked``: store without trying to compress (see :class:`ShardWriter`).
+        Returns whether it was stored."""
         w = self.writer
         if w.shard_of(index) != self.shard:
             raise ValueError(f"chunk {index} does not lie in shard {self.shard}")

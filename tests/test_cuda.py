@@ -116,7 +116,7 @@ def test_ddp_on_cuda_matches_one_process(stores, tmp_path, backend):
     ddp_log = pd.read_csv(tmp_path / "run_ddp" / "train_log.csv")
     single_log = pd.read_csv(tmp_path / "run_single" / "train_log.csv")
     np.testing.assert_allclose(ddp_log["loss"].iloc[0], single_log["loss"].iloc[0], rtol=1e-4)
-    a, b = load_file(str(tmp_path / "ddp" / "model.safetensors")), load_file(str(tmp_path / "single" / "model.safetensors"))
+    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("ddp", "single"))
     diffs = np.concatenate([(a[k] - b[k]).abs().flatten().numpy() for k in a])
     # Adam's first steps move every weight by ~lr (1e-3) whatever the gradient's size, so a gradient
     # that is ~0 in both runs may differ in sign; all but such stragglers must agree closely
