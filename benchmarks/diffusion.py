@@ -186,6 +186,8 @@ def cuda_paper_bench(batch: int = 8, steps: int = 10) -> dict:
 def cuda_trainer_bench(batch: int, steps: int = 60) -> dict:
     """The real trainer on CUDA (paper preset, bf16, data loading from Zarr stores included): does the
     loader keep the GPU fed? Compare ``trainer_img_per_s_w*`` with ``train_img_per_s_eager`` above."""
+    import pandas as pd
+
     workers = sorted({0, 4, min(8, os.cpu_count() or 1)})
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,8 +200,6 @@ def cuda_trainer_bench(batch: int, steps: int = 60) -> dict:
                 "num_workers": w, "device": "cuda"}})
             run = Path(tmp) / f"run_w{w}"
             assert train(config, stores, out=Path(tmp) / f"model_w{w}", run_dir=run) == 0
-            import pandas as pd
-
             log = pd.read_csv(run / "train_log.csv")
             out[f"trainer_img_per_s_w{w}"] = round(float(log["img_per_s"].iloc[1:].median()), 2)
     return out

@@ -415,7 +415,6 @@ def _pool(fn: Callable[[Any], Any], workers: int, processes: bool):
     results. The parent may have threads (zarr's event loop, BLAS pools) that a fork does not copy;
     the workers never call into them: they read the slide with ``pread``, compute with numpy and
     write shard files with plain file calls."""
-    global _FORKED_FN
     if not processes:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sedm-tile")
         return pool, functools.partial(pool.submit, fn), False
@@ -423,7 +422,6 @@ def _pool(fn: Callable[[Any], Any], workers: int, processes: bool):
     import warnings
     from concurrent.futures import ProcessPoolExecutor
 
-    _FORKED_FN = fn
     try:
         with warnings.catch_warnings():  # Python >= 3.12 warns about any fork of a threaded process
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -445,6 +443,7 @@ def _run_bounded(fn: Callable[[Any], Any], batches: Iterator[Any], threads: int,
     workers were processes (a failed fork falls back to threads)."""
     global _FORKED_FN
     pending: deque[Future] = deque()
+    _FORKED_FN = fn if processes else None  # set before the fork, so the workers inherit it
     pool, submit, processes = _pool(fn, threads, processes)
     with pool:
         try:

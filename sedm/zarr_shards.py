@@ -65,12 +65,17 @@ class ShardWriter:
         self._dir: Path | None = None
         self._made: set[Path] = set()
         self._constant: dict[int, bytes] = {}
-        self._headers: dict[int, bytes | None] = {}
+        self._header: bytes | None = None
         self._lock = threading.Lock()
         layout = _direct_layout(array) if store_root is not None else None
         if layout is not None:
             self._codec, self._crc, self._store = layout
             self._dir = Path(store_root) / array.path
+            # a Blosc "memcpyed" frame is a 16-byte header that depends only on the size, then the
+            # bytes as they are: made once here, so unpacked chunks go out without being copied
+            nbytes = math.prod(self.chunks)
+            frame = self._store(np.zeros(nbytes, np.uint8))
+            self._header = bytes(frame[:-nbytes]) if len(frame) == nbytes + 16 else None
 
     @property
     def direct(self) -> bool:
@@ -102,18 +107,11 @@ class ShardWriter:
         return out.stored
 
     def _unpacked_pieces(self, chunk: np.ndarray) -> list:
-        """An unpacked chunk as (frame header, the chunk's own buffer): a Blosc "memcpyed" frame is a
-        16-byte header that depends only on the size, then the bytes as they are, so the header is
-        made once per size and the pixels go to the file without being copied into a frame first."""
+        """An unpacked chunk as (frame header, the chunk's own buffer)."""
         chunk = np.ascontiguousarray(chunk)
-        nbytes = chunk.nbytes
-        header = self._headers.get(nbytes, b"")
-        if header == b"":
-            frame = self._store(np.zeros(nbytes, np.uint8))
-            header = self._headers[nbytes] = frame[:-nbytes] if len(frame) == nbytes + 16 else None
-        if header is None:  # a Blosc that frames stored data otherwise: let it copy
+        if self._header is None:  # a Blosc that frames stored data otherwise: let it copy
             return [self._store(chunk)]
-        return [header, memoryview(chunk).cast("B")]
+        return [self._header, memoryview(chunk).cast("B")]
 
     def _encode_chunk(self, chunk: np.ndarray | int) -> bytes:
         value = chunk if not isinstance(chunk, np.ndarray) else int(chunk.flat[0])
