@@ -22,8 +22,19 @@ def class_values(classes: list[str]) -> dict[str, int]:
     return {name: i + 1 for i, name in enumerate(classes)}
 
 
-def n_layout_channels(classes: list[str]) -> int:
-    """Channels of a one-hot layout: every class plus the unannotated channel."""
+def n_layout_channels(classes: list[str], tissue_channel: bool = False) -> int:
+    """Channels of a one-hot layout: every class plus the unannotated channel (plus, for models that
+    know it, the "tissue, class unknown" channel of :func:`unknown_tissue_value`)."""
+    return len(classes) + 1 + int(tissue_channel)
+
+
+def unknown_tissue_value(classes: list[str]) -> int:
+    """Layout value meaning "tissue of unknown class" (K + 1), never stored in a label mask.
+
+    Models trained with layout dropout learn it, so an image without a label mask can still be
+    conditioned on where its tissue is (``sedm stylize`` without ``--mask``) instead of on
+    "unannotated", which in fully annotated cohorts means glass.
+    """
     return len(classes) + 1
 
 

@@ -160,24 +160,46 @@ def _glass_colour(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def test_patient_style_is_visible_in_pixels(demo_dir: Path) -> None:
-    """Same patient: same glass colour; the glass colour is what the style says it is."""
+    """Same patient: same glass colour; the glass colour is what the style says it is (the glass's
+    transmitted light through the scanner's saturation and tone curve)."""
+    from sedm.demo.render import scanner
+
     colours = {}
     for sid, pid in [("T02a", "T02"), ("T02b", "T02"), ("T01", "T01")]:
         r = cohort.render_demo_slide(cohort.DemoSlide(sid, pid, "test"), seed=SEED, size=SIZE, mpp=MPP)
         colours[sid] = _glass_colour(r.rgb, r.layout.labels)
-        assert colours[sid] == pytest.approx(np.asarray(r.style.background), abs=1.0)
+        expected = scanner(np.asarray(r.style.background, np.float32)[None], r.style)[0]
+        assert colours[sid] == pytest.approx(expected, abs=1.0)
     assert np.abs(colours["T02a"] - colours["T02b"]).max() < 0.5
 
 
-def test_labelled_styles_are_narrower_than_unlabelled_and_test() -> None:
-    def spread(role: str) -> tuple[float, float]:
-        styles = [patient_style(SEED, f"P{i:03d}", role) for i in range(40)]
-        return float(np.std([s.h_angle_deg() for s in styles])), float(np.std([s.mean_od() for s in styles]))
+def test_labelled_styles_vary_moderately_and_unlabelled_and_test_widely() -> None:
+    def spread(role: str) -> np.ndarray:
+        styles = [patient_style(SEED, f"P{i:03d}", role) for i in range(60)]
+        return np.array([np.std([getattr(s, f)() if f in ("h_angle_deg", "mean_od") else getattr(s, f)
+                                 for s in styles]) for f in ("h_angle_deg", "mean_od", "gamma", "saturation")])
 
-    narrow = spread("labelled")
+    moderate = spread("labelled")
+    assert (moderate > 0).all()  # labelled patients differ in every respect: style is learnable from them
     for role in ("unlabelled", "test"):
-        wide = spread(role)
-        assert wide[0] > 2 * narrow[0] and wide[1] > 2 * narrow[1]
+        assert (spread(role) > 1.5 * moderate).all()
+
+
+def test_scanner_and_within_slide_drift() -> None:
+    """Saturation < 1 pulls channels together, gamma > 1 darkens; the drift is a ramp of the given size."""
+    from dataclasses import replace
+
+    from sedm.demo.render import _drift, scanner
+
+    base = patient_style(SEED, "P000", "test")
+    pink = np.array([[200.0, 120.0, 180.0]], np.float32)
+    flat = scanner(pink, replace(base, saturation=0.5, gamma=1.0))
+    assert np.ptp(flat) < np.ptp(pink) and flat.mean() == pytest.approx(pink.mean(), abs=8)
+    assert (scanner(pink, replace(base, saturation=1.0, gamma=1.2)) < pink).all()
+    np.testing.assert_allclose(scanner(pink, replace(base, saturation=1.0, gamma=1.0)), pink, rtol=1e-6)
+    ramp = _drift(64, 0, 64, angle=0.0, amplitude=0.2)  # along rows
+    assert ramp[0, 0] == pytest.approx(0.8, abs=0.01) and ramp[-1, 0] == pytest.approx(1.2, abs=0.01)
+    assert np.ptp(ramp[10]) == pytest.approx(0.0, abs=1e-6)
 
 
 def _structure_coherence(grey: np.ndarray, sigma: float) -> np.ndarray:
@@ -215,7 +237,7 @@ def test_shipped_sample_sheet_matches_generator(repo: Path) -> None:
     shipped = repo / config["samples"]
     assert shipped.read_text() == expected, "regenerate resources/demo/samples.tsv (see tests/test_demo.py)"
     sheet = load_samples(shipped)
-    assert sheet["role"].value_counts().to_dict() == {"labelled": 3, "unlabelled": 4, "test": 6}
+    assert sheet["role"].value_counts().to_dict() == {"labelled": 4, "unlabelled": 4, "test": 6}
     assert (sheet["patient_id"].value_counts() == 2).sum() == 1  # one test patient with two slides
 
 

@@ -11,7 +11,7 @@ from _diffusion_helpers import CLASSES, make_stores
 from sedm.data.diffusion_dataset import DiffusionPatchDataset, StepSampler
 from sedm.data.toy_stores import make_toy_store
 from sedm.errors import InputError
-from sedm.stain_jitter import StainJitter
+from sedm.stain.jitter import StainJitter
 from sedm.store import SlideStore, create_store, fraction_columns, tile_table_path
 
 
@@ -169,3 +169,21 @@ def test_style_jitter_restains_content_and_style_patches_alike(stores):
         factors.append(content)
     assert max(factors) - min(factors) > 0.2  # a different restaining per sample
     assert 0.6 - 0.02 <= min(factors) and max(factors) <= 1.4 + 0.02
+
+
+def test_tile_cache_returns_the_store_windows(tmp_path):
+    """Windows cut from cached tiles equal direct store reads, across tile borders and at the slide's
+    edges, and the cache stays within its byte budget."""
+    from sedm.data.diffusion_dataset import TileCache
+    from sedm.store import SlideStore
+
+    store = SlideStore(make_stores(tmp_path, n=1, size=200, tile=64)[0])
+    cache = TileCache(max_bytes=4 * 64 * 64 * 3)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(1, 90, 2))
+        y, x = int(rng.integers(0, 200 - h + 1)), int(rng.integers(0, 200 - w + 1))
+        np.testing.assert_array_equal(cache.read(store, "image", y, x, h, w, 64), store.read_image(y, x, h, w))
+        np.testing.assert_array_equal(cache.read(store, "labels", y, x, h, w, 64), store.read_labels(y, x, h, w))
+        np.testing.assert_array_equal(cache.read(store, "tissue", y, x, h, w, 64), store.read_tissue(y, x, h, w))
+        assert cache._bytes <= cache.max_bytes + 64 * 64 * 3

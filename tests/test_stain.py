@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.color import hed_from_rgb, hsv2rgb, rgb2hsv, rgb_from_hed
 
-from sedm.stain_jitter import (StainJitter, hed_jitter_map, hsv_to_rgb, od_to_rgb, rgb_to_hsv,
+from sedm.stain.jitter import (StainJitter, hed_jitter_map, hsv_to_rgb, od_to_rgb, rgb_to_hsv,
                                              rgb_to_od)
 
 

@@ -11,7 +11,10 @@ One sample (all read at the stores' µm/px, level 0):
 2. Style: N patches of the SAME slide: ``nearby`` (random offsets within ``nearby_radius`` px of the
    content patch, on tissue) or ``multi`` (random tissue tiles anywhere on the slide, STEDM's
    multi-patch variant, which decouples style from the content patch's own structures).
-3. Augmentation: one random rot90 + flip applied to image and layout together; each style patch gets
+3. Layout dropout (``layout_drop`` > 0): with that probability a labelled sample's layout becomes
+   its tissue mask under the "tissue, class unknown" value (:func:`sedm.labels.unknown_tissue_value`),
+   so the model can be conditioned on any image's tissue without knowing its classes.
+4. Augmentation: one random rot90 + flip applied to image and layout together; each style patch gets
    its own.
 
 Every random choice of sample ``i`` comes from ``np.random.default_rng([seed, i])``: a sample depends
@@ -23,6 +26,7 @@ step (:class:`StepSampler` maps steps to sample indices). Stores are opened lazi
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,11 +37,13 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from sedm.errors import InputError
-from sedm.labels import UNANNOTATED, n_layout_channels, one_hot
-from sedm.stain_jitter import StainJitter
+from sedm.labels import UNANNOTATED, n_layout_channels, one_hot, unknown_tissue_value
+from sedm.stain.jitter import StainJitter
 from sedm.store import SlideStore, fraction_columns, open_checked, tile_table_path
 
 STYLE_SAMPLING = ("multi", "nearby")
+TILE_CACHE_BYTES = 256 * 2**20
+"""Decoded tiles kept per process: a sample reads ~10 small windows that mostly fall on few tiles."""
 DEFAULT_UNANNOTATED_WEIGHT = 0.25
 """Default weight of the "unannotated" target (each class defaults to 1)."""
 
@@ -53,6 +59,49 @@ def resolve_class_weights(classes: Sequence[str], weights: Mapping[str, float] |
     return np.asarray(out, dtype=np.float64)
 
 
+class TileCache:
+    """Windows of sedm stores assembled from whole decoded tiles, least recently used ones dropped.
+
+    A training sample reads a content patch, its labels and tissue, and N style patches (each tried
+    for tissue first): a few dozen small zarr reads, each paying zarr's per-call overhead for a
+    window smaller than its chunk. Reading whole tile-aligned blocks once and cutting windows from
+    memory returns the same pixels at a fraction of the cost.
+    """
+
+    def __init__(self, max_bytes: int = TILE_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._blocks: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def _block(self, store: SlideStore, kind: str, ty: int, tx: int, t: int) -> np.ndarray:
+        key = (store.path, kind, ty, tx)
+        block = self._blocks.get(key)
+        if block is not None:
+            self._blocks.move_to_end(key)
+            return block
+        h, w = store.shape
+        read = {"image": store.read_image, "labels": store.read_labels, "tissue": store.read_tissue}[kind]
+        block = np.ascontiguousarray(read(ty, tx, min(t, h - ty), min(t, w - tx)))
+        self._blocks[key] = block
+        self._bytes += block.nbytes
+        while self._bytes > self.max_bytes and len(self._blocks) > 1:
+            self._bytes -= self._blocks.popitem(last=False)[1].nbytes
+        return block
+
+    def read(self, store: SlideStore, kind: str, y: int, x: int, h: int, w: int, tile: int) -> np.ndarray:
+        """The (h, w[, 3]) window at (y, x) of ``kind`` (image, labels or tissue), inside the slide."""
+        out = None
+        for ty in range(y - y % tile, y + h, tile):
+            for tx in range(x - x % tile, x + w, tile):
+                block = self._block(store, kind, ty, tx, tile)
+                if out is None:
+                    out = np.empty((h, w, *block.shape[2:]), block.dtype)
+                y0, x0 = max(y, ty), max(x, tx)
+                y1, x1 = min(y + h, ty + block.shape[0]), min(x + w, tx + block.shape[1])
+                out[y0 - y:y1 - y, x0 - x:x1 - x] = block[y0 - ty:y1 - ty, x0 - tx:x1 - tx]
+        return out
+
+
 class DiffusionPatchDataset(Dataset):
     """Map-style dataset: index -> dict(image, layout, style, slide, index); see the module docstring.
 
@@ -64,14 +113,16 @@ class DiffusionPatchDataset(Dataset):
                  style_patch_size: int | None = None, n_style: int = 2, style_sampling: str = "multi",
                  nearby_radius: int = 256, class_weights: Mapping[str, float] | None = None,
                  unlabelled_stores: Sequence[str | Path] = (), unlabelled_fraction: float = 0.25,
-                 augment: bool = True, style_jitter: StainJitter | None = None, seed: int = 0) -> None:
+                 augment: bool = True, style_jitter: StainJitter | None = None, layout_drop: float = 0.0,
+                 seed: int = 0) -> None:
         if not stores:
             raise InputError(None, "--stores", "no labelled stores given", "pass at least one labelled slide store")
         if style_sampling not in STYLE_SAMPLING:
             raise InputError(None, "diffusion.style_sampling", f"unknown value {style_sampling!r}",
                              f"use one of {STYLE_SAMPLING}")
         self.classes = list(classes)
-        self.n_layout = n_layout_channels(self.classes)
+        self.layout_drop = float(layout_drop)
+        self.n_layout = n_layout_channels(self.classes, tissue_channel=self.layout_drop > 0)
         self.patch_size = patch_size
         self.style_patch_size = style_patch_size or patch_size
         self.n_style = n_style
@@ -97,6 +148,7 @@ class DiffusionPatchDataset(Dataset):
         labelled = pd.concat([t.assign(_slide=i) for i, t in enumerate(self.tables[: self.n_labelled])],
                              ignore_index=True)
         fracs = labelled[fraction_columns(self.classes)].to_numpy(np.float64)  # (tiles, K+1), value order
+        n_values = fracs.shape[1]
         self._lab_slide = labelled["_slide"].to_numpy()
         self._lab_yx = labelled[["y", "x"]].to_numpy()
         weights = resolve_class_weights(self.classes, class_weights)
@@ -107,9 +159,10 @@ class DiffusionPatchDataset(Dataset):
                              "from the labelled tiles", "give a positive weight to a class that is annotated")
         self.target_probs = p / p.sum()
         """Probability of each label value being the target of a labelled sample."""
-        self._tile_cdf = [np.cumsum(fracs[:, v]) for v in range(self.n_layout)]
+        self._tile_cdf = [np.cumsum(fracs[:, v]) for v in range(n_values)]
         self._slide_tile_cdf = [np.cumsum(t["tissue_fraction"].to_numpy(np.float64)) for t in self.tables]
         self._open: dict[int, SlideStore] = {}
+        self._cache = TileCache()
         self._pid: int | None = None
 
     # -- setup --------------------------------------------------------------------------------------
@@ -130,18 +183,21 @@ class DiffusionPatchDataset(Dataset):
 
     def _store(self, slide: int) -> SlideStore:
         if self._pid != os.getpid():  # first use in this process (DataLoader worker): open our own handles
-            self._open, self._pid = {}, os.getpid()
+            self._open, self._cache, self._pid = {}, TileCache(), os.getpid()
         if slide not in self._open:
             self._open[slide] = SlideStore(self.store_paths[slide])
         return self._open[slide]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_open"], state["_pid"] = {}, None  # workers open their own store handles
+        state["_open"], state["_cache"], state["_pid"] = {}, TileCache(), None  # workers open their own handles
         return state
 
     def __len__(self) -> int:
         return 2**62  # indices are drawn by StepSampler; every index is a valid, distinct sample
+
+    def _read(self, slide: int, kind: str, y: int, x: int, h: int, w: int) -> np.ndarray:
+        return self._cache.read(self._store(slide), kind, y, x, h, w, self.tile_sizes[slide])
 
     # -- geometry helpers ----------------------------------------------------------------------------
     def _clamp(self, slide: int, y: int, x: int, size: int) -> tuple[int, int]:
@@ -157,17 +213,18 @@ class DiffusionPatchDataset(Dataset):
 
     # -- sampling ----------------------------------------------------------------------------------
     def _content_labelled(self, rng: np.random.Generator) -> tuple[int, int, int]:
-        value = int(rng.choice(self.n_layout, p=self.target_probs))
+        value = int(rng.choice(len(self.target_probs), p=self.target_probs))
         cdf = self._tile_cdf[value]
         tile = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
         tile = min(tile, len(cdf) - 1)
         slide = int(self._lab_slide[tile])
         ty, tx = (int(v) for v in self._lab_yx[tile])
-        store, t = self._store(slide), self.tile_sizes[slide]
-        labels = store.read_labels(ty, tx, t, t)
+        h, w = self.shapes[slide]
+        t = self.tile_sizes[slide]
+        labels = self._read(slide, "labels", ty, tx, min(t, h - ty), min(t, w - tx))
         mask = labels == value
         if value == UNANNOTATED:
-            mask &= store.read_tissue(ty, tx, t, t) > 0
+            mask &= self._read(slide, "tissue", ty, tx, *labels.shape) > 0
         candidates = np.flatnonzero(mask)
         if candidates.size:
             py, px = divmod(int(candidates[rng.integers(candidates.size)]), labels.shape[1])
@@ -189,7 +246,7 @@ class DiffusionPatchDataset(Dataset):
         return int(row["y"]), int(row["x"])
 
     def _style_origins(self, rng: np.random.Generator, slide: int, y0: int, x0: int) -> list[tuple[int, int]]:
-        s, store = self.style_patch_size, self._store(slide)
+        s = self.style_patch_size
         centre_y, centre_x = y0 + self.patch_size // 2, x0 + self.patch_size // 2
         out = []
         for _ in range(self.n_style):
@@ -200,7 +257,7 @@ class DiffusionPatchDataset(Dataset):
                 else:
                     dy, dx = rng.integers(-self.nearby_radius, self.nearby_radius + 1, size=2)
                     y, x = self._clamp(slide, centre_y + int(dy) - s // 2, centre_x + int(dx) - s // 2, s)
-                tissue = float(store.read_tissue(y, x, s, s).mean())
+                tissue = float(self._read(slide, "tissue", y, x, s, s).mean())
                 if tissue > best_tissue:
                     best, best_tissue = (y, x), tissue
                 if tissue >= 0.5:
@@ -221,10 +278,13 @@ class DiffusionPatchDataset(Dataset):
         rng = np.random.default_rng([self.seed, int(index)])
         unlabelled = rng.random() < self.unlabelled_fraction
         slide, y0, x0 = self._content_unlabelled(rng) if unlabelled else self._content_labelled(rng)
-        store, p, s = self._store(slide), self.patch_size, self.style_patch_size
-        image = store.read_image(y0, x0, p, p)
-        labels = np.zeros((p, p), np.uint8) if unlabelled else store.read_labels(y0, x0, p, p)
-        styles = [store.read_image(y, x, s, s) for y, x in self._style_origins(rng, slide, y0, x0)]
+        p, s = self.patch_size, self.style_patch_size
+        image = self._read(slide, "image", y0, x0, p, p)
+        labels = np.zeros((p, p), np.uint8) if unlabelled else self._read(slide, "labels", y0, x0, p, p)
+        if self.layout_drop > 0 and not unlabelled and rng.random() < self.layout_drop:
+            tissue = self._read(slide, "tissue", y0, x0, p, p) > 0
+            labels = np.where(tissue, unknown_tissue_value(self.classes), UNANNOTATED).astype(np.uint8)
+        styles = [self._read(slide, "image", y, x, s, s) for y, x in self._style_origins(rng, slide, y0, x0)]
         if self.augment:
             image, labels = self._augment(rng, image, labels)
             styles = [self._augment(rng, st)[0] for st in styles]
@@ -233,9 +293,11 @@ class DiffusionPatchDataset(Dataset):
             # few, similar styles become many, and the target's colours can only be read from the
             # style patches, so the model learns to follow them (the published code has no such
             # pressure; its labelled styles are all the style variety it ever sees)
-            jitter = self.style_jitter.draw(rng)
-            image = self.style_jitter.apply(image, jitter)
-            styles = [self.style_jitter.apply(st, jitter) for st in styles]
+            jitter = self.style_jitter.draw(rng)  # per pixel: one call restains all patches as a pixel column
+            patches = [image, *styles]
+            column = self.style_jitter.apply(np.concatenate([a.reshape(-1, 1, 3) for a in patches]), jitter)
+            bounds = np.cumsum([a.shape[0] * a.shape[1] for a in patches])[:-1]
+            image, *styles = [c.reshape(a.shape) for c, a in zip(np.split(column, bounds), patches)]
         return {
             "image": torch.from_numpy(_to_float(image)),
             "layout": torch.from_numpy(one_hot(labels, self.n_layout)),

@@ -1,7 +1,7 @@
 """``sedm demo-cohort``: the synthetic demo cohort (pyramidal TIFF slides, QuPath GeoJSON, sample sheet).
 
 The demo has to exercise everything the method is about on a laptop in minutes: labelled patients
-in a narrow stain-style range, unlabelled and test patients in a wide one (unseen styles), three
+in a moderate stain-style range, unlabelled and test patients in a wide one (unseen styles), three
 classes that differ in morphology, and a test patient with two slides for per-patient evaluation.
 
 Two ways to run it:

@@ -193,9 +193,33 @@ def stain_concentrations(rng: np.random.Generator, layout: Layout, mpp: float) -
     return conc_h, conc_e
 
 
+def _drift(size: int, y0: int, y1: int, angle: float, amplitude: float) -> np.ndarray:
+    """(rows, size) float32 factor from 1 - amplitude to 1 + amplitude, a linear ramp across the slide
+    in direction ``angle`` (0 = down the rows)."""
+    c, s = np.cos(angle), np.sin(angle)
+    ys = (np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5) / size - 0.5
+    xs = (np.arange(size, dtype=np.float32)[None, :] + 0.5) / size - 0.5
+    ramp = np.float32(c) * ys + np.float32(s) * xs  # extremes ±(|c| + |s|) / 2 at the corners
+    return (1.0 + np.float32(2 * amplitude / (abs(c) + abs(s))) * ramp).astype(np.float32)
+
+
+def scanner(transmitted: np.ndarray, style: StainStyle) -> np.ndarray:
+    """Colour saturation (mixing towards or away from the pixel's grey) and tone curve of the scanner,
+    on (..., 3) float32 intensities in 0-255; returns the same shape."""
+    t = transmitted / np.float32(255.0)
+    if style.saturation != 1.0:
+        grey = t @ np.array([0.299, 0.587, 0.114], np.float32)
+        t = grey[..., None] + np.float32(style.saturation) * (t - grey[..., None])
+        np.clip(t, 0.0, 1.0, out=t)
+    if style.gamma != 1.0:
+        np.power(t, np.float32(style.gamma), out=t)
+    return t * np.float32(255.0)
+
+
 def beer_lambert(conc_h: np.ndarray, conc_e: np.ndarray, style: StainStyle, mpp: float,
                  rng: np.random.Generator) -> np.ndarray:
-    """RGB = glass * exp(-thickness * (h * C_H * v_H + e * C_E * v_E)), blurred and noisy, as uint8.
+    """RGB = glass * exp(-thickness * drift * (h * C_H * v_H + e * C_E * v_E)), through the scanner's
+    colour saturation and tone curve, blurred and noisy, as uint8.
 
     Computed in strips of rows; the blur reads a halo of rows around each strip, so the result is
     the same as blurring the whole slide at once.
@@ -216,12 +240,21 @@ def beer_lambert(conc_h: np.ndarray, conc_e: np.ndarray, style: StainStyle, mpp:
             ch = ndimage.gaussian_filter(ch, sigma, truncate=3.0)
             ce = ndimage.gaussian_filter(ce, sigma, truncate=3.0)
         ch, ce = ch[y0 - a:y1 - a], ce[y0 - a:y1 - a]
+        if style.gradient > 0:
+            ce = ce * _drift(size, y0, y1, style.gradient_angle + np.pi / 2, style.gradient / 2)
+            thick = _drift(size, y0, y1, style.gradient_angle, style.gradient)
+            ch, ce = ch * thick, ce * thick
+        light = np.empty((*ch.shape, 3), dtype=np.float32)
         for c in range(3):
             chan = ch * coef_h[c]
             chan += ce * coef_e[c]
             np.negative(chan, out=chan)
             np.exp(chan, out=chan)
             chan *= np.float32(style.background[c])
+            light[..., c] = chan
+        light = scanner(light, style)
+        for c in range(3):
+            chan = light[..., c]
             chan += _periodic_rows(noise[c], y0, y1, size)
             np.clip(chan, 0, 255, out=chan)
             out[y0:y1, :, c] = np.rint(chan)

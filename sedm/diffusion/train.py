@@ -54,7 +54,7 @@ from sedm.models.io import save_model
 from sedm.models.presets import model_config
 from sedm.models.stedm import StedmModel, count_parameters
 from sedm.models.style_encoder import load_encoder_weights
-from sedm.stain_jitter import StainJitter
+from sedm.stain.jitter import StainJitter
 from sedm.store import SlideStore
 from sedm.training import EXIT_REQUEUE, CsvLog, StopSignals, autocast, set_rng_state, warmup_cosine
 
@@ -190,7 +190,7 @@ def build_dataset(config: Mapping[str, Any], stores: Sequence[str | Path], unlab
         class_weights=s["class_weights"], unlabelled_stores=unlabelled,
         unlabelled_fraction=s["unlabelled_fraction"], augment=s["augment"],
         style_jitter=StainJitter.from_config(s["style_jitter"]) if s["style_jitter"]["enabled"] else None,
-        seed=config["seed"])
+        layout_drop=s["layout_drop"], seed=config["seed"])
 
 
 def build_model(config: Mapping[str, Any], mpp: float | None) -> StedmModel:

@@ -20,7 +20,9 @@ from sedm.models.codec import LatentCodec, PixelCodec, load_latent_codec, save_v
 from sedm.models.stedm import StedmConfig, StedmModel
 
 FORMAT = "sedm-stedm"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: optional stain-statistics style input and "unknown tissue" layout channel (version-1 models load
+with both off)."""
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 VAE_DIR = "vae"
@@ -55,6 +57,10 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
     if data.get("format") != FORMAT:
         raise InputError(file, "format", f"unexpected format {data.get('format')!r}",
                          "pass the directory written by `sedm train-diffusion --out`")
+    version = data.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise InputError(file, "format_version", f"model format {version!r}; this sedm reads up to {FORMAT_VERSION}",
+                         "upgrade sedm to the version that trained the model, or retrain it")
     return data
 
 

@@ -51,6 +51,8 @@ def model_config(diffusion: dict[str, Any], classes: list[str], *, latent_factor
     beta_end = diffusion.get("beta_end") or _BETAS[schedule][1]
     return StedmConfig(
         classes=list(classes), **values,
+        stain_statistics=bool(diffusion.get("stain_statistics", False)),
+        tissue_channel=float(diffusion.get("layout_drop", 0.0)) > 0,
         aggregation=diffusion.get("aggregation", "attention"),
         cross_attention=bool(diffusion.get("cross_attention", False)),
         image_channels=latent_channels if latent_factor > 1 else 3,

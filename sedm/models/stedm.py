@@ -13,6 +13,12 @@ How conditioning enters, and why it differs from the published STEDM:
 * Style tokens (``cross_attention: true``): the N per-patch vectors before aggregation are also
   offered to cross-attention layers at the attention levels (``UNet2DConditionModel``), one token per
   style patch, so the network can attend to the patch that matches a region.
+* Stain statistics (``stain_statistics: true``): the encoder's pooled features are joined by each
+  patch's mean and standard deviation of optical density over tissue pixels
+  (:func:`sedm.stain.statistics.od_moments_torch`), a parameter-free route for the stain colour that
+  a randomly initialised CNN otherwise has to discover first. An ablatable departure from the paper.
+* Layout dropout (``tissue_channel: true``): during training a share of layouts is replaced by the
+  tissue mask under a "tissue, class unknown" value, so a layout can be derived from any image.
 * Classifier-free guidance: a dropped style is replaced by a *learned* null vector and null token
   (STEDM fed a constant image through the encoder instead, which ties "no style" to what the encoder
   makes of grey).
@@ -52,6 +58,10 @@ class StedmConfig:
     style_dim: int = 64
     style_encoder_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
     n_style: int = 2
+    stain_statistics: bool = False
+    """The style encoder also reads each patch's parameter-free optical-density moments (sedm's addition)."""
+    tissue_channel: bool = False
+    """The layout has a "tissue, class unknown" channel (trained by layout dropout)."""
     aggregation: str = "attention"
     cross_attention: bool = False
     image_channels: int = 3
@@ -80,7 +90,7 @@ class StedmConfig:
 
     @property
     def n_layout(self) -> int:
-        return n_layout_channels(self.classes)
+        return n_layout_channels(self.classes, self.tissue_channel)
 
     @property
     def sample_size(self) -> int:
@@ -161,7 +171,7 @@ class StedmModel(nn.Module):
         super().__init__()
         self.config = config
         d = config.style_dim
-        self.style_encoder = StyleEncoder(d, config.style_encoder_channels)
+        self.style_encoder = StyleEncoder(d, config.style_encoder_channels, config.stain_statistics)
         self.aggregation = build_aggregation(config.aggregation, d, config.n_style)
         self.null_style = nn.Parameter(torch.randn(d) * 0.02)
         # tokens only reach the UNet through cross-attention; a parameter without gradient breaks DDP
@@ -207,7 +217,8 @@ class StedmModel(nn.Module):
         giving class fractions per latent pixel)."""
         if layout.shape[1] != self.config.n_layout:
             raise InputError(None, "layout", f"{layout.shape[1]} layout channels, the model has "
-                             f"{self.config.n_layout} ({len(self.config.classes)} classes + unannotated)",
+                             f"{self.config.n_layout} ({len(self.config.classes)} classes + unannotated"
+                             f"{' + unknown tissue' if self.config.tissue_channel else ''})",
                              "use the class list the model was trained with")
         if tuple(layout.shape[-2:]) != tuple(size):
             layout = nn.functional.interpolate(layout, size=tuple(size), mode="area")

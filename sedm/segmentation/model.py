@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -46,6 +47,20 @@ def build_model(arch: Mapping[str, Any]) -> torch.nn.Module:
 def to_input(images: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) float in [-1, 1]: the one input convention."""
     return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+@torch.no_grad()
+def segment(model: torch.nn.Module, images: np.ndarray, device: torch.device, div: int, amp: bool) -> np.ndarray:
+    """(B, H, W, 3) uint8 -> (B, H, W) uint8 predicted label values (1..K; the network never predicts
+    unannotated). Inputs are padded with white to a multiple of ``div`` and the result cropped back."""
+    from sedm.training import autocast
+
+    x = to_input(torch.from_numpy(np.ascontiguousarray(images)).to(device))
+    h, w = x.shape[-2:]
+    x = torch.nn.functional.pad(x, (0, -w % div, 0, -h % div), value=1.0)
+    with autocast(device, amp):
+        pred = model(x)[..., :h, :w].argmax(1) + 1
+    return pred.to(torch.uint8).cpu().numpy()
 
 
 def load_init_weights(model: torch.nn.Module, path: str | Path) -> None:

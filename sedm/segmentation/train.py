@@ -35,8 +35,8 @@ from sedm.segmentation.data import (RealTiles, SyntheticSet, TrainBatches, annot
                                     split_by_patient, split_tiles)
 from sedm.segmentation.loss import masked_ce_dice
 from sedm.segmentation.model import (architecture, build_model, divisor, load_init_weights, save_model_dir,
-                                     to_input)
-from sedm.stain_jitter import StainJitter
+                                     segment, to_input)
+from sedm.stain.jitter import StainJitter
 from sedm.store import SlideStore, open_checked, tile_table_path
 from sedm.training import (CHECKPOINT_NAME, EMA, EXIT_REQUEUE, CsvLog, StopSignals, autocast, fingerprint,
                            ignore_stop_signals, load_checkpoint, resolve_device, save_checkpoint, seed_everything,
@@ -162,12 +162,7 @@ def validate(model: torch.nn.Module, val: RealTiles, n_classes: int, device: tor
     cm = np.zeros((n_classes + 1, n_classes + 1), np.int64)
     for start in range(0, len(val), batch_size):
         images, labels = zip(*(val.tile(i) for i in range(start, min(start + batch_size, len(val)))))
-        x = to_input(torch.from_numpy(np.stack(images)).to(device))
-        h, w = x.shape[-2:]
-        x = torch.nn.functional.pad(x, (0, -w % div, 0, -h % div), value=1.0)
-        with autocast(device, amp):
-            pred = model(x)[..., :h, :w].argmax(1) + 1
-        cm += confusion_matrix(np.stack(labels), pred.to(torch.uint8).cpu().numpy(), n_classes)
+        cm += confusion_matrix(np.stack(labels), segment(model, np.stack(images), device, div, amp), n_classes)
     model.train(was_training)
     dice, _ = dice_iou(cm)
     return macro(dice), [float(d) for d in dice]

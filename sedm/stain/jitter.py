@@ -16,15 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from skimage.color import hed_from_rgb, rgb_from_hed
 
-
-def rgb_to_od(rgb: np.ndarray) -> np.ndarray:
-    """uint8 RGB -> optical density (float32); the +1 keeps black finite and white at OD 0."""
-    return -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
-
-
-def od_to_rgb(od: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`rgb_to_od`, rounded and clipped to uint8."""
-    return np.clip(np.rint(256.0 * np.exp(-od) - 1.0), 0, 255).astype(np.uint8)
+from sedm.stain.statistics import od_to_rgb, rgb_to_od
 
 
 def hed_jitter_map(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -52,6 +52,15 @@ def check_model(model_dir: str | Path, classes: list[str]) -> dict[str, Any]:
     return mcfg
 
 
+def model_mpp(model_config: dict[str, Any], store: str | Path) -> float:
+    """The model's µm/px; models without one are taken to match the stores they are used with."""
+    if model_config.get("mpp"):
+        return float(model_config["mpp"])
+    from sedm.store import SlideStore
+
+    return SlideStore(Path(store)).mpp
+
+
 class Generator:
     """``generator(labels, styles, seed=...)`` -> images; see :meth:`__call__`."""
 

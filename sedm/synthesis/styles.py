@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sedm.errors import InputError
+from sedm.stain.statistics import tissue_pixels
 from sedm.store import SlideStore
 from sedm.synthesis.windows import window_in_tile
 
@@ -134,11 +135,14 @@ def _tissue_mask(reader, tissue_cfg: dict) -> tuple[np.ndarray, float]:
 
 
 class ImageFolderStyleSource(StyleSource):
-    """Random crops of the images in a folder (assumed to be at the model's µm/px)."""
+    """Random crops of the images in a folder, resampled by ``scale`` to the model's µm/px; a crop
+    whose tissue fraction (:func:`sedm.stain.statistics.tissue_pixels`) is below
+    ``min_tissue_fraction`` is redrawn (up to :data:`CROP_TRIES` times): glass carries no stain."""
 
-    def __init__(self, folder: str | Path, *, size: int) -> None:
+    def __init__(self, folder: str | Path, *, size: int, scale: float = 1.0, min_tissue_fraction: float = 0.0) -> None:
         from PIL import Image
 
+        self.min_tissue_fraction = float(min_tissue_fraction)
         self.folder = Path(folder)
         self.slide_id = self.folder.name
         self.size = int(size)
@@ -151,7 +155,16 @@ class ImageFolderStyleSource(StyleSource):
         self.files = files
         self.images = []
         for p in files:
-            img = np.asarray(Image.open(p).convert("RGB"))
+            try:
+                with Image.open(p) as im:
+                    im = im.convert("RGB")
+                    if scale != 1.0:
+                        size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+                        im = im.resize(size, Image.Resampling.BICUBIC)
+                    img = np.asarray(im)
+            except OSError as exc:  # PIL.UnidentifiedImageError included
+                raise InputError(p, None, f"not a readable image ({exc})",
+                                 "keep only PNG/JPEG/TIFF images in the style folder") from None
             if min(img.shape[:2]) < self.size:
                 raise InputError(p, "shape", f"image is {img.shape[1]}x{img.shape[0]} px, smaller than a "
                                  f"{self.size} px style patch", "use larger style images (at the model's µm/px)")
@@ -161,8 +174,11 @@ class ImageFolderStyleSource(StyleSource):
         patches, where = [], []
         for i in _pick(rng, len(self.images), n):
             img = self.images[int(i)]
-            y = int(rng.integers(0, img.shape[0] - self.size + 1))
-            x = int(rng.integers(0, img.shape[1] - self.size + 1))
+            for _ in range(CROP_TRIES):
+                y = int(rng.integers(0, img.shape[0] - self.size + 1))
+                x = int(rng.integers(0, img.shape[1] - self.size + 1))
+                if tissue_pixels(img[y:y + self.size, x:x + self.size]).mean() >= self.min_tissue_fraction:
+                    break
             patches.append(img[y:y + self.size, x:x + self.size])
             where.append((self.files[int(i)].name, y, x))
         return np.stack(patches), where

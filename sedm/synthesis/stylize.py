@@ -5,12 +5,19 @@ to keep the content:
 
 * with a mask (label PNG, values as sedm.labels) the layout conditions the generation, as in
   synthesis, and the input image seeds it (SDEdit at ``--strength``; 1 = from the mask alone);
-* without a mask the layout is all-unannotated and only SDEdit keeps the content: the input is
-  noised to ``--strength`` and denoised under the new style (lower = closer to the input).
+* without a mask the layout is the input's tissue (:func:`sedm.stain.statistics.tissue_pixels`,
+  closed) as "tissue, class unknown", which models trained with layout dropout know; SDEdit keeps
+  the structure: the input is noised to ``--strength`` and denoised under the new style (lower =
+  closer to the input). Models without that layout channel get an all-unannotated layout, which in
+  fully annotated cohorts means glass: a warning says so.
 
-Inputs of any size are padded (reflect) to the model's size multiple and cropped back, so every
-output has its input's size. Outputs: ``<out>/<input stem>.png`` and ``<out>/stylize.json``
-(model hash, settings, and which style patches each output was conditioned on).
+Inputs and style images at another resolution (``--mpp``) are resampled to the model's µm/px and
+the outputs back. Inputs of any size are padded (reflect) to the model's size multiple and cropped
+back, so every output has its input's size. Outputs: ``<out>/<input stem>.png`` and
+``<out>/stylize.json``: model hash, settings, which style patches each output was conditioned on,
+and per image whether it worked: the distance of its mean tissue optical density to the style
+patches' before and after (``colour_transfer`` = 1 - after / before: 1 = the style's stain, 0 =
+unchanged) and the SSIM of luminance between input and output (structure kept).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from sedm.atomic import atomic_path, write_text
 from sedm.config import load_config, validate_config
 from sedm.demo.seeds import rng_for
 from sedm.errors import InputError
+from sedm.labels import UNANNOTATED, unknown_tissue_value
+from sedm.stain.statistics import mean_tissue_od, tissue_pixels
 from sedm.synthesis.generate import Generator, model_sha256
 from sedm.synthesis.styles import IMAGE_SUFFIXES, ImageFolderStyleSource, SlideFileStyleSource, StoreStyleSource, StyleSource
 
@@ -54,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance-rescale", type=float, help="guidance std-rescale (default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of style draws and noise")
     parser.add_argument("--min-tissue-fraction", type=float, default=0.5,
-                        help="style patches come from tiles with at least this tissue fraction")
+                        help="style patches come from tiles (or crops of style images) with at least this tissue fraction")
+    parser.add_argument("--mpp", type=float,
+                        help="µm/px of the input images (and of --style-images); default: the model's")
     parser.add_argument("--config", help="sedm config for the slide reader and tissue detection settings")
     parser.add_argument("--device", default="auto", help="torch device (auto = CUDA when available)")
 
@@ -132,10 +143,57 @@ def _pad_to(arr: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(arr, pad, mode="symmetric")
 
 
+def input_scale(mpp: float | None, mcfg: dict[str, Any]) -> float:
+    """Factor that resamples images at ``mpp`` µm/px to the model's (1 without ``--mpp``)."""
+    if mpp is None:
+        return 1.0
+    if mpp <= 0:
+        raise InputError(None, "--mpp", f"{mpp} µm/px", "give the inputs' resolution in µm/px, e.g. 0.5")
+    if not mcfg.get("mpp"):
+        raise InputError(None, "--mpp", "the model records no µm/px to resample to",
+                         "resample the inputs to the training resolution yourself and drop --mpp")
+    return float(mpp) / float(mcfg["mpp"])
+
+
+def resample(img: np.ndarray, size: tuple[int, int], labels: bool = False) -> np.ndarray:
+    """``img`` resized to (height, width): nearest neighbour for label masks, bicubic for RGB."""
+    if img.shape[:2] == tuple(size):
+        return img
+    method = Image.Resampling.NEAREST if labels else Image.Resampling.BICUBIC
+    return np.asarray(Image.fromarray(img).resize((size[1], size[0]), method))
+
+
+def tissue_layout(rgb: np.ndarray, classes: list[str]) -> np.ndarray:
+    """(H, W) layout of an image without a mask: its tissue as "tissue, class unknown", glass as
+    unannotated. Closing bridges pale pixels inside tissue (lumina, cytoplasm) below the threshold."""
+    from scipy import ndimage
+
+    tissue = ndimage.binary_closing(tissue_pixels(rgb), iterations=2, border_value=1)
+    tissue = ndimage.binary_opening(tissue, iterations=1)
+    return np.where(tissue, unknown_tissue_value(classes), UNANNOTATED).astype(np.uint8)
+
+
+def transfer_measures(rgb: np.ndarray, result: np.ndarray, patches: np.ndarray) -> dict[str, float | None]:
+    """Did the stain move towards the style (colour_transfer) and the structure stay (ssim_luminance)?"""
+    from skimage.metrics import structural_similarity
+
+    style, before, after = mean_tissue_od(patches), mean_tissue_od(rgb), mean_tissue_od(result)
+    d_before = None if style is None or before is None else float(np.linalg.norm(before - style))
+    d_after = None if style is None or after is None else float(np.linalg.norm(after - style))
+    grey = [np.asarray(Image.fromarray(a).convert("L"), np.float64) for a in (rgb, result)]
+    win = min(7, *grey[0].shape)
+    win -= 1 - win % 2  # odd, as SSIM's window must be
+    ssim = float(structural_similarity(grey[0], grey[1], data_range=255.0, win_size=win)) if win >= 3 else None
+    transfer = None if d_before is None or d_after is None or d_before <= 0 else 1.0 - d_after / d_before
+    return {"od_distance_input": d_before, "od_distance_output": d_after, "colour_transfer": transfer,
+            "ssim_luminance": ssim, "output_tissue_fraction": float(tissue_pixels(result).mean())}
+
+
 def style_source(args: argparse.Namespace, mcfg: dict[str, Any]) -> StyleSource:
     size = int(mcfg["style_patch_size"])
     if args.style_images:
-        return ImageFolderStyleSource(args.style_images, size=size)
+        return ImageFolderStyleSource(args.style_images, size=size, scale=input_scale(args.mpp, mcfg),
+                                      min_tissue_fraction=args.min_tissue_fraction)
     path = Path(args.style_slide)
     if path.suffix == ".zarr" or (path / "zarr.json").is_file():
         from sedm.store import SlideStore
@@ -151,28 +209,45 @@ def style_source(args: argparse.Namespace, mcfg: dict[str, Any]) -> StyleSource:
 
 
 def stylize(pairs: list[tuple[Path, Path | None]], style: StyleSource, generator: Generator, out: str | Path, *,
-            strength: float, seed: int) -> list[dict[str, Any]]:
-    """Restyle every (image, mask) pair into ``out``; returns one provenance record per image."""
+            strength: float, seed: int, scale: float = 1.0) -> list[dict[str, Any]]:
+    """Restyle every (image, mask) pair into ``out``; returns one provenance record per image.
+
+    ``scale`` resamples inputs (and masks) to the model's µm/px, and outputs back to the input size.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    n_classes = len(generator.config.classes)
-    n_style = int(generator.config.n_style)
+    cfg = generator.config
+    n_classes, n_style = len(cfg.classes), int(cfg.n_style)
+    if any(m is None for _, m in pairs) and not cfg.tissue_channel:
+        log.warning("the model was trained without layout dropout (no 'tissue, class unknown' layout): images "
+                    "without --mask are conditioned on 'unannotated', which a fully annotated cohort teaches "
+                    "as glass; pass masks or retrain with diffusion.layout_drop > 0")
     records = []
     for image_path, mask_path in tqdm(pairs, desc="stylize", unit="image"):
         rgb = read_rgb(image_path)
         h, w = rgb.shape[:2]
-        mask = read_mask(mask_path, (h, w), n_classes) if mask_path else np.zeros((h, w), np.uint8)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        model_rgb = resample(rgb, size)
+        if mask_path:
+            layout = resample(read_mask(mask_path, (h, w), n_classes), size, labels=True)
+        elif cfg.tissue_channel:
+            layout = tissue_layout(model_rgb, cfg.classes)
+        else:
+            layout = np.zeros(size, np.uint8)
         rng = rng_for(seed, "stylize", image_path.name)
         patches, where = style.draw(rng, n_style)
-        init = _pad_to(rgb, generator.size_multiple)
-        layout = _pad_to(mask, generator.size_multiple)
-        result = generator(layout[None], patches[None], seed=int(rng.integers(0, 2**63 - 1)),
-                           init_images=init[None] if strength < 1 else None, strength=strength)[0, :h, :w]
+        init = _pad_to(model_rgb, generator.size_multiple)
+        result = generator(_pad_to(layout, generator.size_multiple)[None], patches[None],
+                           seed=int(rng.integers(0, 2**63 - 1)), init_images=init[None] if strength < 1 else None,
+                           strength=strength)[0, :size[0], :size[1]]
+        result = resample(result, (h, w))
         target = out / f"{image_path.stem}.png"
         with atomic_path(target) as tmp:
             Image.fromarray(result).save(tmp, format="PNG")
         records.append({"input": str(image_path), "mask": None if mask_path is None else str(mask_path),
-                        "output": str(target), "style": [list(loc) for loc in where]})
+                        "layout": "mask" if mask_path else ("tissue" if cfg.tissue_channel else "unannotated"),
+                        "output": str(target), "style": [list(loc) for loc in where],
+                        **transfer_measures(rgb, result, patches)})
     return records
 
 
@@ -191,10 +266,18 @@ def run(args: argparse.Namespace) -> int:
     generator = Generator(args.model, device=str(resolve_device(args.device)), sampler=args.sampler,
                           steps=args.steps, guidance_scale=args.guidance_scale,
                           guidance_rescale=args.guidance_rescale)
-    records = stylize(pairs, style, generator, args.out, strength=args.strength, seed=args.seed)
+    scale = input_scale(args.mpp, mcfg)
+    records = stylize(pairs, style, generator, args.out, strength=args.strength, seed=args.seed, scale=scale)
+    summary = {k: _median([r[k] for r in records]) for k in ("colour_transfer", "ssim_luminance")}
     meta = {"model": str(args.model), "model_sha256": model_sha256(args.model), **generator.settings,
             "strength": args.strength, "seed": args.seed, "style_source": style.slide_id,
-            "mpp": mcfg.get("mpp"), "images": records}
+            "mpp": mcfg.get("mpp"), "input_mpp": args.mpp, "median": summary, "images": records}
     write_text(Path(args.out) / PROVENANCE_NAME, json.dumps(meta, indent=2) + "\n")
-    log.info("restyled %d image(s) into %s", len(records), args.out)
+    log.info("restyled %d image(s) into %s (median colour transfer %s, SSIM of luminance %s)", len(records),
+             args.out, summary["colour_transfer"], summary["ssim_luminance"])
     return 0
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.median(known)) if known else None

@@ -26,13 +26,14 @@ from sedm.config import add_config_arguments, load_config
 from sedm.demo.seeds import rng_for
 from sedm.errors import InputError
 from sedm.labels import class_values
+from sedm.stain.statistics import HedAccumulator
 from sedm.store import tile_table_path
 from sedm.synthesis.counts import samples_for_slide
-from sedm.synthesis.generate import Generator, check_model, model_sha256
+from sedm.synthesis.generate import Generator, check_model, model_mpp, model_sha256
 from sedm.synthesis.layouts import LayoutSampler
 from sedm.synthesis.montage import write_montage
 from sedm.synthesis.shards import Shard, ShardDir, assemble_store, partial_dir, plan_shards
-from sedm.synthesis.stats import HedAccumulator, synthesis_stats
+from sedm.synthesis.stats import synthesis_stats
 from sedm.synthesis.styles import StoreStyleSource, StyleSource
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,12 @@ def prepare(config: dict[str, Any], model_dir: str | Path, style_store: str | Pa
     """Validate every input and build the samplers (no model weights loaded yet)."""
     syn = config["synthesis"]
     mcfg = check_model(model_dir, config["classes"])
-    style = StoreStyleSource(style_store, size=mcfg["style_patch_size"], mpp=_model_mpp(mcfg, style_store),
+    style = StoreStyleSource(style_store, size=mcfg["style_patch_size"], mpp=model_mpp(mcfg, style_store),
                              min_tissue_fraction=syn["style_min_tissue_fraction"])
     if style.slide_id in {Path(p).name.removesuffix(".zarr") for p in labelled}:
         log.warning("style slide %s is also a layout source", style.slide_id)
-    layouts = LayoutSampler(labelled, classes=config["classes"], patch_size=mcfg["patch_size"],
-                            mpp=_model_mpp(mcfg, style_store), class_weights=syn["class_weights"],
+    layouts = LayoutSampler(labelled, classes=config["classes"], patch_size=synthesis_size(syn, mcfg),
+                            mpp=model_mpp(mcfg, style_store), class_weights=syn["class_weights"],
                             rare_class_boost=syn["rare_class_boost"], augment=syn["augment"])
     n = samples_for_slide(syn, style.slide_id, [style.slide_id]) if n_samples is None else int(n_samples)
     if n < 1:
@@ -96,13 +97,14 @@ def prepare(config: dict[str, Any], model_dir: str | Path, style_store: str | Pa
     return Job(config, Path(model_dir), mcfg, layouts, style, n, Path(out))
 
 
-def _model_mpp(mcfg: dict, store: str | Path) -> float:
-    """The model's µm/px; models without one are taken to match the stores they are used with."""
-    if mcfg.get("mpp"):
-        return float(mcfg["mpp"])
-    from sedm.store import SlideStore
-
-    return SlideStore(Path(store)).mpp
+def synthesis_size(syn: dict[str, Any], mcfg: dict[str, Any]) -> int:
+    """Tile size of the synthetic images: synthesis.patch_size, or the model's training patch size."""
+    size = int(syn.get("patch_size") or mcfg["patch_size"])
+    multiple = 2 ** (len(mcfg["block_out_channels"]) - 1) * int(mcfg.get("latent_factor", 1))
+    if size % multiple:
+        raise InputError(None, "synthesis.patch_size", f"{size} px is not a multiple of {multiple} (the model's "
+                         "UNet levels x latent factor)", f"use a multiple of {multiple}, e.g. {size - size % multiple}")
+    return size
 
 
 def job_key(job: Job) -> str:
@@ -220,14 +222,14 @@ def _assemble(job: Job, work: ShardDir, plan: list[Shard], settings: dict, monta
             "slide_id": job.styles.slide_id, "mpp": job.styles.store.mpp, "classes": list(job.config["classes"]),
             "class_values": class_values(job.config["classes"]), "unannotated_value": 0,
             "model_sha256": model_sha256(job.model_dir), "model": {"path": str(job.model_dir), "config": mcfg},
-            **settings, "seed": job.seed, "n_style": int(mcfg["n_style"]), "patch_size": int(mcfg["patch_size"]),
+            **settings, "seed": job.seed, "n_style": int(mcfg["n_style"]), "patch_size": job.layouts.patch_size,
             "style_patch_size": int(mcfg["style_patch_size"]), "style_draw": syn["style_draw"],
             "style_store": str(job.styles.store.path),
             "layout_slides": [s.slide_id for s in job.layouts.stores],
             "class_probabilities": job.layouts.probs, "synthesis": syn, "stats": stats, "sedm_version": __version__,
         }
 
-    assemble_store(job.out, work, plan, patch_size=int(mcfg["patch_size"]), on_shard=on_shard, attrs=attrs)
+    assemble_store(job.out, work, plan, patch_size=job.layouts.patch_size, on_shard=on_shard, attrs=attrs)
     title = f"{job.styles.slide_id} ({job.n_samples} samples, {settings['sampler']} {settings['steps']} steps)"
     write_montage(montage, np.array(shown["labels"]), shown["styles"], np.array(shown["images"]), title=title)
     write_text(stats_path, json.dumps({"slide_id": job.styles.slide_id, "n_samples": job.n_samples, **stats},

@@ -43,6 +43,8 @@ class paths:
     tiling_summary = f"{R}/tiles/summary.tsv"
     diffusion_model = f"{R}/diffusion/model"  # directory: config.json + weights (EMA)
     diffusion_run = f"{R}/diffusion/run"  # directory: checkpoints, train_log.csv, sample grids
+    style_check = f"{R}/synthesis/style_check.json"
+    style_grid = f"{R}/synthesis/style_grid.png"
     synthetic = f"{R}/synthesis/{{slide}}.zarr"
     synthesis_montage = f"{R}/synthesis/{{slide}}.montage.png"
     synthesis_stats = f"{R}/synthesis/{{slide}}.stats.json"
@@ -52,6 +54,7 @@ class paths:
     prediction_overlay = f"{R}/predictions/{{arm}}/{{slide}}.overlay.png"
     prediction_geojson = f"{R}/predictions/{{arm}}/{{slide}}.geojson"
     eval_dir = f"{R}/eval"
+    layout_fidelity = f"{R}/eval/layout_fidelity.json"
     report_html = f"{R}/report/report.html"  # not `report`: Snakemake's parser takes that for its keyword
     report_figures = f"{R}/report/figures"  # directory: <section>/<name>.png, for snakemake --report
     log = "logs/{rule}/{name}.log"
@@ -111,6 +114,9 @@ def report_inputs(wildcards):
     if UNLABELLED and any(arm["synthetic"] for arm in arms.values()):
         # the diffusion model is trained only when an arm uses synthetic data
         inputs["diffusion_model"] = paths.diffusion_model
+        if len(UNLABELLED) > 1:
+            inputs["style_check"] = paths.style_check
+        inputs["layout_fidelity"] = paths.layout_fidelity
     if TEST:
         inputs["eval"] = eval_files("summary.json", "per_patient.csv", "per_slide.csv")
     return inputs

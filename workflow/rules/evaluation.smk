@@ -1,4 +1,5 @@
 # Per-patient evaluation of every arm on the test slides, with paired comparisons to the baseline arm.
+from sedm.evaluation.layout_fidelity import baseline_arm
 
 
 rule evaluate:
@@ -22,3 +23,26 @@ rule evaluate:
     shell:
         "sedm evaluate --config {input.config:q} --samples {input.samples:q} --predictions {params.predictions:q}"
         " --stores {params.stores:q} --out {params.out:q} 2> {log:q}"
+
+
+# Synthetic tiles scored by the segmenter of an arm trained on real tiles only, against their layouts.
+rule layout_fidelity:
+    input:
+        model=lambda w: paths.seg_model.format(arm=baseline_arm(config)),
+        synthetic=expand(paths.synthetic, slide=UNLABELLED),
+        config=stage_cfg("segmentation"),
+    output:
+        paths.layout_fidelity,
+    threads: config["segmentation"]["threads"]
+    resources:
+        mem_mb=lambda w, attempt: config["segmentation"]["mem_mb"] * attempt,
+        sedm_runtime=RUNTIME["segmentation"],
+    log:
+        log_for("layout_fidelity", "all"),
+    benchmark:
+        bench_for("layout_fidelity", "all")
+    conda:
+        ENV
+    shell:
+        "sedm layout-fidelity --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q}"
+        " --synthetic {input.synthetic:q} --out {output:q} 2> {log:q}"

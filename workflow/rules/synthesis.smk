@@ -41,3 +41,31 @@ rule synthesize:
         "sedm synthesize --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q} --style-store {input.store:q}"
         " --labelled {params.labelled:q} --n-samples {params.n:q} --threads {threads}"
         " --out {output.store:q} --montage {output.montage:q} --stats {output.stats:q} 2> {log:q}"
+
+
+# How far the model takes style from its style patches, on the unlabelled slides (never trained on).
+rule style_check:
+    input:
+        model=paths.diffusion_model,
+        stores=expand(paths.store, slide=UNLABELLED),
+        config=stage_cfg("synthesis"),
+    output:
+        json=paths.style_check,
+        grid=paths.style_grid,
+    params:
+        labelled=expand(paths.store, slide=LABELLED),  # the model already depends on them (see synthesize)
+    threads: config["synthesis"]["threads"]
+    resources:
+        gpu=config["synthesis"]["gpus"],
+        mem_mb=lambda w, attempt: config["synthesis"]["mem_mb"] * attempt,
+        sedm_runtime=RUNTIME["synthesis"],
+    log:
+        log_for("style_check", "style_check"),
+    benchmark:
+        bench_for("style_check", "style_check")
+    conda:
+        ENV
+    shell:
+        "sedm style-check --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q}"
+        " --labelled {params.labelled:q} --style-stores {input.stores:q} --out {output.json:q}"
+        " --grid {output.grid:q} 2> {log:q}"

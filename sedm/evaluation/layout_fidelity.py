@@ -1,0 +1,106 @@
+"""``sedm layout-fidelity``: do synthetic tiles carry what makes their classes recognisable?
+
+A diffusion model can paint each layout region in its class's average colour and still look
+plausible in a montage; segmentation then learns colour, not tissue. The check: the segmentation
+model trained on real tiles alone (the baseline arm) segments the synthetic images, scored against
+the layouts they were drawn from, next to its Dice on the real validation tiles. Close to the real
+figure: synthetic tiles look like real tissue to a model that knows real tissue. Far below: they
+do not (flat colour fields score low, since real tissue is textured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sedm.atomic import write_text
+from sedm.config import add_config_arguments, load_config
+from sedm.errors import InputError
+from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
+
+log = logging.getLogger(__name__)
+
+SegmentFn = Callable[[np.ndarray], np.ndarray]
+"""``segment(images (B, H, W, 3) uint8) -> (B, H, W) uint8`` predicted label values."""
+
+
+def synthetic_dice(segment: SegmentFn, sets: Mapping[str, Any], n_classes: int, batch_size: int = 16) -> dict:
+    """Pooled macro Dice (and per class, per set) of ``segment`` on synthetic (image, layout) sets.
+
+    ``sets`` maps a name (the style slide) to a sequence of (image, labels) pairs.
+    """
+    total = np.zeros((n_classes + 1, n_classes + 1), np.int64)
+    per_set = {}
+    for name, data in sets.items():
+        cm = np.zeros_like(total)
+        for start in range(0, len(data), batch_size):
+            images, labels = zip(*(data[i] for i in range(start, min(start + batch_size, len(data)))))
+            cm += confusion_matrix(np.stack(labels), segment(np.stack(images)), n_classes)
+        per_set[name] = _finite(macro(dice_iou(cm)[0]))
+        total += cm
+    dice = dice_iou(total)[0]
+    return {"macro_dice": _finite(macro(dice)), "dice_per_class": [_finite(d) for d in dice], "per_slide": per_set}
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def baseline_arm(config: Mapping[str, Any]) -> str:
+    """The arm whose segmenter judges the synthetic tiles: evaluation.baseline when it trains on real
+    tiles only, else the first such arm."""
+    arms = config["segmentation"]["arms"]
+    base = config["evaluation"]["baseline"]
+    if base in arms and not arms[base]["synthetic"]:
+        return base
+    real = [a for a, spec in arms.items() if not spec["synthetic"]]
+    if not real:
+        raise InputError(None, "segmentation.arms", "no arm trains on real tiles only",
+                         "add an arm with synthetic: false (e.g. real) to judge synthetic tiles against")
+    return real[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from sedm.segmentation.data import SyntheticSet
+    from sedm.segmentation.model import divisor, load_model, segment
+    from sedm.training import resolve_device
+
+    config = load_config(args.config, runtime=args.runtime)
+    seg = config["segmentation"]
+    device = resolve_device(seg["device"])
+    torch.set_num_threads(max(1, int(seg["threads"])))
+    model, meta = load_model(args.model, "best", device=device)
+    classes = list(meta["classes"])
+    sets = {}
+    for path in args.synthetic:
+        s = SyntheticSet(path, classes=classes, mpp=float(meta["mpp"]))
+        sets[s.slide_id] = s
+    if not sets:
+        raise InputError(None, "--synthetic", "no synthetic store given", "pass the synthesis stores")
+    div, amp = divisor(meta["architecture"]), bool(seg["amp"])
+    result = synthetic_dice(lambda images: segment(model, images, device, div, amp), sets, len(classes),
+                            int(seg["inference"]["batch_size"]))
+    real = meta.get("best_val_macro_dice")
+    result.update({"arm": meta.get("arm"), "model": str(args.model), "classes": classes,
+                   "real_val_macro_dice": real,
+                   "gap": None if real is None or result["macro_dice"] is None else real - result["macro_dice"],
+                   "n_synthetic": {k: len(v) for k, v in sets.items()}})
+    write_text(args.out, json.dumps(result, indent=2) + "\n")
+    log.info("layout fidelity: %s's macro Dice %s on synthetic tiles vs %s on real validation tiles",
+             result["arm"], result["macro_dice"], real)
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, "sedm config (segmentation: device, threads, inference batch size)")
+    parser.add_argument("--model", required=True, help="segmentation model directory of an arm trained on real tiles")
+    parser.add_argument("--synthetic", nargs="+", required=True, help="synthesis stores to score")
+    parser.add_argument("--out", required=True, help="JSON file to write")

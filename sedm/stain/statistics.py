@@ -1,0 +1,107 @@
+"""Tissue pixels, optical density and the stain statistics built on them (numpy and torch).
+
+Style in H&E is, first of all, how much of which dye absorbs how much light. Beer–Lambert makes the
+optical density ``OD = -log(I / I0)`` additive in the dyes, so distances between mean ODs compare
+stains where RGB distances would mix stain with brightness. Statistics are taken over *tissue*
+pixels only (darkest channel below :data:`TISSUE_MAX`, STEDM's tissue rule), so glass in a patch does
+not dilute the stain. The torch twin of the moments feeds the style encoder and must agree with the
+numpy one (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from skimage.color import rgb2hed
+
+TISSUE_MAX = 230
+"""A pixel is tissue when its darkest channel is below this (8-bit grey level)."""
+HED_CHANNELS = ("H", "E", "D")
+OD_CHANNELS = ("R", "G", "B")
+
+
+def tissue_pixels(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 RGB -> (...) bool: True where the pixel is tissue."""
+    return rgb.min(axis=-1) < TISSUE_MAX
+
+
+def rgb_to_od(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> optical density (float32); the +1 keeps black finite and white at OD 0."""
+    return -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
+
+
+def od_to_rgb(od: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rgb_to_od`, rounded and clipped to uint8."""
+    return np.clip(np.rint(256.0 * np.exp(-od) - 1.0), 0, 255).astype(np.uint8)
+
+
+def mean_tissue_od(images: np.ndarray) -> np.ndarray | None:
+    """Mean RGB optical density (3,) over the tissue pixels of (..., H, W, 3) uint8 images; None
+    without tissue. The one-number-per-channel summary the style-transfer measures compare."""
+    rgb = np.asarray(images).reshape(-1, 3)
+    tissue = tissue_pixels(rgb)
+    if not tissue.any():
+        return None
+    return rgb_to_od(rgb[tissue]).astype(np.float64).mean(axis=0)
+
+
+def od_moments_torch(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) float in [-1, 1] -> (B, 6): mean and std of the RGB optical density over tissue
+    pixels (all pixels of a patch without tissue). Parameter-free; no gradient flows into images."""
+    with torch.no_grad():
+        rgb = torch.round((images.float().clamp(-1, 1) + 1) * 127.5)
+        od = -torch.log((rgb + 1.0) / 256.0).flatten(2)  # (B, 3, HW)
+        tissue = (rgb.amin(dim=1) < TISSUE_MAX).flatten(1).float()  # (B, HW)
+        weight = torch.where(tissue.sum(1, keepdim=True) > 0, tissue, torch.ones_like(tissue))
+        weight = (weight / weight.sum(1, keepdim=True))[:, None]
+        mean = (od * weight).sum(-1)
+        var = ((od - mean[..., None]) ** 2 * weight).sum(-1)
+        return torch.cat([mean, var.clamp_min(0).sqrt()], dim=1)
+
+
+@dataclass
+class HedAccumulator:
+    """Running sums of HED optical densities (``skimage.color.rgb2hed``) over tissue pixels.
+
+    Sums, not means, so shards contribute independently and a resumed job adds exactly the numbers
+    an uninterrupted one would.
+    """
+
+    total: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    total_sq: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    count: int = 0
+
+    def add(self, images: np.ndarray) -> None:
+        """Add (..., H, W, 3) uint8 RGB images."""
+        rgb = images.reshape(-1, images.shape[-3], images.shape[-2], 3)
+        for img in rgb:
+            tissue = tissue_pixels(img)
+            if not tissue.any():
+                continue
+            hed = rgb2hed(img)[tissue].astype(np.float64)
+            self.total += hed.sum(axis=0)
+            self.total_sq += (hed**2).sum(axis=0)
+            self.count += int(tissue.sum())
+
+    def merge(self, other: "HedAccumulator") -> None:
+        self.total += other.total
+        self.total_sq += other.total_sq
+        self.count += other.count
+
+    def to_array(self) -> np.ndarray:
+        """(7,) float64: sums, sums of squares, count (for storing inside a shard)."""
+        return np.concatenate([self.total, self.total_sq, [self.count]])
+
+    @classmethod
+    def from_array(cls, a: np.ndarray) -> "HedAccumulator":
+        return cls(np.array(a[:3], dtype=np.float64), np.array(a[3:6], dtype=np.float64), int(a[6]))
+
+    def summary(self) -> dict:
+        """{"mean": [H, E, D], "std": [H, E, D], "pixels": n}; means null without tissue pixels."""
+        if self.count == 0:
+            return {"mean": None, "std": None, "pixels": 0}
+        mean = self.total / self.count
+        std = np.sqrt(np.maximum(self.total_sq / self.count - mean**2, 0.0))
+        return {"mean": [float(v) for v in mean], "std": [float(v) for v in std], "pixels": self.count}
