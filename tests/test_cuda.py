@@ -29,7 +29,7 @@ from sedm.diffusion.train import train
 from sedm.models.io import load_model
 from sedm.segmentation.predict import predict
 from sedm.segmentation.train import train as train_seg
-from sedm.training import EXIT_REQUEUE
+from sedm.runtime.signals import EXIT_REQUEUE
 
 pytestmark = [
     pytest.mark.cuda,

@@ -18,10 +18,10 @@ from _diffusion_helpers import CLASSES, diffusion_section, make_stores, micro_mo
 from safetensors.torch import load_file
 
 from sedm.config import validate_config
-from sedm.diffusion.checkpoint import find_resumable, list_checkpoints, run_fingerprint
 from sedm.diffusion.schedulers import train_scheduler
-from sedm.diffusion.train import build_optimizer, sample_randomness, train
-from sedm.training import EXIT_REQUEUE
+from sedm.diffusion.train import build_optimizer, run_fingerprint, sample_randomness, train
+from sedm.runtime.checkpoints import find_resumable, list_checkpoints
+from sedm.runtime.signals import EXIT_REQUEUE
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*")
 

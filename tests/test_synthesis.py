@@ -22,7 +22,7 @@ from sedm.synthesis.layouts import Augmentation, LayoutSampler, augmented_window
 from sedm.synthesis.counts import samples_for_slide
 from sedm.synthesis.shards import partial_dir, read_provenance
 from sedm.synthesis.styles import StoreStyleSource
-from sedm.training import EXIT_REQUEUE
+from sedm.runtime.signals import EXIT_REQUEUE
 from test_synthesis_fixtures import CLASSES, MPP, PATCH, TILE, make_model, make_store
 
 SYN = {"per_slide": 5, "shard_size": 2, "batch_size": 2, "steps": 2, "sampler": "dpmpp", "seed": 3,
