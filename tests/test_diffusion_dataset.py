@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _diffusion_helpers import CLASSES, make_stores
+from builders.diffusion import CLASSES, make_stores
 
-from sedm.data.diffusion_dataset import DiffusionPatchDataset, StepSampler
-from sedm.data.toy_stores import make_toy_store
+from sedm.diffusion.dataset import DiffusionPatchDataset, StepSampler
+from builders.toy_stores import make_toy_store
 from sedm.errors import InputError
 from sedm.stain_jitter import StainJitter
 from sedm.store import SlideStore, create_store, fraction_columns, tile_table_path

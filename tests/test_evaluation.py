@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import zarr
 from scipy import stats as sps
-from segmentation_fixtures import write_samples
+from builders.segmentation import write_samples
 
 from sedm.cli import main
 from sedm.config import load_samples, validate_config

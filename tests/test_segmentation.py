@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-from segmentation_fixtures import CLASSES, make_store, make_synthetic, tiny_config, write_samples
+from builders.segmentation import CLASSES, make_store, make_synthetic, tiny_config, write_samples
 
 from sedm.cli import main
 from sedm.config import load_samples

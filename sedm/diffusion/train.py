@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from sedm import __version__
 from sedm.config import add_config_arguments, load_config
-from sedm.data.diffusion_dataset import DiffusionPatchDataset, StepSampler
+from sedm.diffusion.dataset import DiffusionPatchDataset, StepSampler
 from sedm.diffusion import distributed as D
 from sedm.diffusion.grid import preview_grid, save_png
 from sedm.diffusion.pipeline import StedmPipeline

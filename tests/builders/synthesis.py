@@ -1,7 +1,7 @@
 """Builders shared by the synthesis and stylize tests: tiny stores and a tiny random STEDM model.
 
 The model is randomly initialised (never trained): provenance, resume and reproducibility do not
-depend on image quality. Also runs two sanity tests of the builders themselves.
+depend on image quality.
 """
 
 from __future__ import annotations
@@ -72,20 +72,3 @@ def make_model(path: Path, *, classes: list[str] = CLASSES, mpp: float | None = 
     save_model(model, path)
     return path
 
-
-def test_make_store_is_readable(tmp_path):
-    from sedm.store import SlideStore
-
-    s = SlideStore(make_store(tmp_path / "a.zarr", "a", tissue_tiles={(0, 0)}))
-    t = s.tiles()
-    assert len(t) == 4 and t["tissue_fraction"].max() == 1.0
-    assert s.read_labels(0, 0, 2, 2).max() == 1
-    assert s.read_tissue(70, 70, 1, 1)[0, 0] == 0
-    np.testing.assert_allclose(t[fraction_columns(CLASSES)].sum(axis=1), 1.0)
-
-
-def test_make_model_loads(tmp_path):
-    from sedm.models.io import load_model
-
-    m = load_model(make_model(tmp_path / "m"))
-    assert m.config.classes == CLASSES and m.config.patch_size == PATCH
