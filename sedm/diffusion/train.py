@@ -41,9 +41,10 @@ from tqdm.auto import tqdm
 
 from sedm import __version__
 from sedm.config import add_config_arguments, load_config
-from sedm.diffusion.dataset import DiffusionPatchDataset, StepSampler
 from sedm.diffusion import distributed as D
+from sedm.diffusion.dataset import DiffusionPatchDataset, StepSampler
 from sedm.diffusion.grid import preview_grid, save_png
+from sedm.diffusion.outputs import LOG_COLUMNS, SAMPLES_DIR, TRAIN_LOG
 from sedm.diffusion.pipeline import StedmPipeline
 from sedm.diffusion.schedulers import train_scheduler
 from sedm.errors import InputError
@@ -52,7 +53,6 @@ from sedm.models.io import save_model
 from sedm.models.presets import model_config
 from sedm.models.stedm import StedmModel, count_parameters
 from sedm.models.style_encoder import load_encoder_weights
-from sedm.stain_jitter import StainJitter
 from sedm.runtime.checkpoints import CheckpointStore
 from sedm.runtime.csvlog import CsvLog
 from sedm.runtime.devices import autocast
@@ -62,11 +62,11 @@ from sedm.runtime.rng import set_rng_state
 from sedm.runtime.schedules import warmup_constant, warmup_cosine
 from sedm.runtime.signals import EXIT_REQUEUE, StopSignals, ignore_stop_signals
 from sedm.seeds import sample_seed
+from sedm.stain_jitter import StainJitter
 from sedm.store import SlideStore, tile_table_path
 
 log = logging.getLogger(__name__)
 
-LOG_COLUMNS = ["step", "loss", "lr", "grad_norm", "it_per_s", "img_per_s", "elapsed_s"]
 PREVIEW_INDEX = 2**61
 """Sample indices of the fixed preview batch (far from any training step's indices)."""
 
@@ -266,7 +266,7 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
         dataset, batch_size=sampler0.per_rank, sampler=StepSampler(start, max_steps, batch, info.rank, info.world),
         num_workers=s["num_workers"], pin_memory=device.type == "cuda", drop_last=False,
         persistent_workers=False, worker_init_fn=ignore_stop_signals)
-    csv = CsvLog(run_dir / "train_log.csv", LOG_COLUMNS, resume_step=start) if info.is_main else None
+    csv = CsvLog(run_dir / TRAIN_LOG, LOG_COLUMNS, resume_step=start) if info.is_main else None
     preview = _preview_batch(dataset, s["preview_samples"]) if info.is_main else None
     latent_shape = (cfg.image_channels, cfg.sample_size, cfg.sample_size)
     bar = tqdm(total=max_steps, initial=start, disable=not info.is_main, desc="train-diffusion", file=sys.stderr,
@@ -321,7 +321,7 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
                     bar.set_postfix(loss=f"{mean_loss:.4f}")
                 t_log, steps_since, loss_sum = now, 0, torch.zeros((), device=device)
             if s["sample_every"] and step % s["sample_every"] == 0 and step < max_steps and info.is_main:
-                _write_preview(model, ema, preview, run_dir / "samples" / f"step-{step:08d}.png", seed)
+                _write_preview(model, ema, preview, run_dir / SAMPLES_DIR / f"step-{step:08d}.png", seed)
             stop = D.any_rank(signals.requested is not None or (stop_at is not None and step >= stop_at), info)
             if stop or step % s["checkpoint_every"] == 0 or step == max_steps:
                 save_state(step)
@@ -337,7 +337,7 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
         log.info("checkpoint is already at max_steps=%d; writing the model", max_steps)
     _check_ranks_in_sync(model, info)
     if info.is_main:
-        _write_preview(model, ema, preview, run_dir / "samples" / "final.png", seed)
+        _write_preview(model, ema, preview, run_dir / SAMPLES_DIR / "final.png", seed)
         ema.store(model.parameters())
         ema.copy_to(model.parameters())
         save_model(model, out, metadata={

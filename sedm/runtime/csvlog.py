@@ -27,6 +27,9 @@ class CsvLog:
             writer.writerows(rows)
 
     def append(self, row: Mapping[str, Any]) -> None:
+        unknown = set(row) - set(self.columns)
+        if unknown:  # the columns are the log's published names (readers import them): no silent extras
+            raise KeyError(f"{self.path.name} has no column(s) {sorted(unknown)}")
         with open(self.path, "a", newline="") as fh:
             csv.DictWriter(fh, self.columns, extrasaction="ignore").writerow(
                 {k: ("" if v is None else v) for k, v in row.items()})

@@ -31,12 +31,6 @@ from sedm.atomic import atomic_path
 from sedm.config import add_config_arguments, load_config, load_samples
 from sedm.errors import InputError
 from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
-from sedm.segmentation.data import (RealTiles, SyntheticSet, TrainBatches, annotated_tiles, same_mpp,
-                                    split_by_patient, split_tiles)
-from sedm.segmentation.loss import masked_ce_dice
-from sedm.segmentation.model import (architecture, build_model, divisor, load_init_weights, save_model_dir,
-                                     to_input)
-from sedm.stain_jitter import StainJitter
 from sedm.runtime.checkpoints import CheckpointStore
 from sedm.runtime.csvlog import CsvLog
 from sedm.runtime.devices import autocast, resolve_device
@@ -46,11 +40,17 @@ from sedm.runtime.rng import set_rng_state
 from sedm.runtime.schedules import warmup_cosine
 from sedm.runtime.signals import EXIT_REQUEUE, StopSignals, ignore_stop_signals
 from sedm.seeds import seed_everything
+from sedm.segmentation.data import (RealTiles, SyntheticSet, TrainBatches, annotated_tiles, same_mpp,
+                                    split_by_patient, split_tiles)
+from sedm.segmentation.loss import masked_ce_dice
+from sedm.segmentation.model import (architecture, build_model, divisor, load_init_weights, save_model_dir,
+                                     to_input)
+from sedm.segmentation.outputs import LOG_COLUMNS, TRAIN_LOG
+from sedm.stain_jitter import StainJitter
 from sedm.store import SlideStore, open_checked, tile_table_path
 
 log = logging.getLogger(__name__)
 
-LOG_COLUMNS = ["step", "loss", "lr", "synthetic_fraction", "val_macro_dice", "seconds"]
 PREDICTION_KEYS = ("inference",)
 """Keys of the segmentation section that only prediction reads: left out of the training fingerprint.
 (They change the stage's results, so they are not runtime keys of the workflow.)"""
@@ -243,7 +243,7 @@ def train(cfg: Mapping[str, Any], *, arm: str, stores: Sequence[Path], samples: 
         start, best = int(state["step"]), dict(state["best"])
         set_rng_state(state["rng"])
         log.info("resuming arm %s at step %d of %d", arm, start, max_steps)
-    train_log = CsvLog(run_dir / "train_log.csv", LOG_COLUMNS, resume_step=start)
+    train_log = CsvLog(run_dir / TRAIN_LOG, LOG_COLUMNS, resume_step=start)
 
     stain = StainJitter.from_config(seg["stain_aug"]) if arm_cfg["stain_aug"] else None
     batches = TrainBatches(data.train, data.synthetic, synthetic_fraction=float(seg["synthetic_fraction"]),
@@ -315,7 +315,7 @@ def train(cfg: Mapping[str, Any], *, arm: str, stores: Sequence[Path], samples: 
             "best_val_dice_per_class": {c: (d if np.isfinite(d) else None) for c, d in zip(classes, best["per_class"])},
             "split": data.split, "ema": bool(seg["ema"]), "seed": seed, "fingerprint": fp,
             "sedm_version": __version__, "train_seconds": round(time.perf_counter() - t0, 1)}
-    save_model_dir(out, meta, {"best": best_weights, "last": last}, {"train_log.csv": run_dir / "train_log.csv"})
+    save_model_dir(out, meta, {"best": best_weights, "last": last}, {TRAIN_LOG: run_dir / TRAIN_LOG})
     log.info("arm %s: best validation macro Dice %s at step %s -> %s", arm, meta["best_val_macro_dice"],
              best["step"], out)
     return 0
