@@ -167,7 +167,7 @@ def run_fingerprint(config: Mapping[str, Any], stores: Sequence[str | Path],
     """Hash of everything that determines the trained weights: the diffusion section without its
     runtime keys, classes, seed and the input stores (names, metadata, tile tables)."""
     semantic = {"diffusion": without_runtime_keys(config["diffusion"]), "classes": config["classes"],
-                "seed": config.get("seed", 0), "labelled": [Path(s).name for s in stores],
+                "seed": config["seed"], "labelled": [Path(s).name for s in stores],
                 "unlabelled": [Path(s).name for s in unlabelled]}
     files = []
     for store in [*stores, *unlabelled]:

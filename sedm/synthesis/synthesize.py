@@ -72,7 +72,7 @@ class Job:
     def seed(self) -> int:
         """synthesis.seed, or the global seed when that is null."""
         seed = self.syn.get("seed")
-        return int(self.config.get("seed", 0) if seed is None else seed)
+        return int(self.config["seed"] if seed is None else seed)
 
 
 def prepare(config: dict[str, Any], model_dir: str | Path, style_store: str | Path, labelled: list[str | Path],

@@ -61,11 +61,12 @@ def make_model(path: Path, *, classes: list[str] = CLASSES, mpp: float | None = 
 
     from sedm.models.codec import PixelCodec
     from sedm.models.io import save_model
-    from sedm.models.stedm import StedmConfig, StedmModel
+    from sedm.models.presets import model_config
+    from sedm.models.stedm import StedmModel
 
-    cfg = StedmConfig(classes=list(classes), patch_size=PATCH, style_patch_size=PATCH, block_out_channels=[8, 16],
-                      attention_levels=[False, False], attention_head_dim=8, norm_num_groups=4, style_dim=16,
-                      style_encoder_channels=[8, 16], n_style=2, mpp=mpp, steps=2)
+    cfg = model_config(dict(preset="tiny", patch_size=PATCH, style_patch_size=PATCH, block_out_channels=[8, 16],
+                            attention_levels=[False, False], attention_head_dim=8, norm_num_groups=4, style_dim=16,
+                            style_encoder_channels=[8, 16], n_style=2, steps=2), list(classes), mpp=mpp)
     torch.manual_seed(seed)
     model = StedmModel(cfg)
     model.codec = PixelCodec()
