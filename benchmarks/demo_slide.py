@@ -32,10 +32,10 @@ sys.path.insert(0, str(REPO))
 from sedm.demo.cohort import DemoSlide, PYRAMID_MIN_SIZE  # noqa: E402
 from sedm.demo.layout import DEMO_CLASSES, make_layout  # noqa: E402
 from sedm.demo.render import beer_lambert, stain_concentrations  # noqa: E402
-from sedm.demo.seeds import rng_for  # noqa: E402
 from sedm.demo.styles import patient_style  # noqa: E402
 from sedm.demo.tiff import write_pyramidal_tiff  # noqa: E402
 from sedm.demo.vectorise import layout_geojson  # noqa: E402
+from sedm.seeds import rng_for  # noqa: E402
 
 
 def _timed(fn, *args, **kw):

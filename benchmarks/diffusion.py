@@ -29,13 +29,15 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the toy stores are test builders
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from builders.toy_stores import make_toy_store  # noqa: E402
+
 from sedm.config import validate_config  # noqa: E402
-from sedm.data.diffusion_dataset import DiffusionPatchDataset  # noqa: E402
-from sedm.data.toy_stores import make_toy_store  # noqa: E402
+from sedm.diffusion.dataset import DiffusionPatchDataset  # noqa: E402
 from sedm.diffusion.pipeline import StedmPipeline  # noqa: E402
 from sedm.diffusion.schedulers import sampling_scheduler  # noqa: E402
 from sedm.diffusion.train import train  # noqa: E402

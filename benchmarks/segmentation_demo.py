@@ -23,7 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from segmentation_fixtures import make_store, make_synthetic, write_samples  # noqa: E402
+from builders.segmentation import make_store, make_synthetic, write_samples  # noqa: E402
 
 from sedm.config import load_config, load_samples  # noqa: E402
 from sedm.segmentation.predict import predict  # noqa: E402

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from _diffusion_helpers import CLASSES, diffusion_section, make_stores, micro_model
+from builders.diffusion import CLASSES, diffusion_section, make_stores, micro_model
 from safetensors.torch import load_file
-from segmentation_fixtures import CLASSES as SEG_CLASSES
-from segmentation_fixtures import make_store, make_synthetic, tiny_config, write_samples
+from builders.segmentation import CLASSES as SEG_CLASSES
+from builders.segmentation import make_store, make_synthetic, tiny_config, write_samples
 
 from sedm.config import load_samples, validate_config
 from sedm.diffusion.pipeline import StedmPipeline
@@ -29,7 +29,7 @@ from sedm.diffusion.train import train
 from sedm.models.io import load_model
 from sedm.segmentation.predict import predict
 from sedm.segmentation.train import train as train_seg
-from sedm.training import EXIT_REQUEUE
+from sedm.runtime.signals import EXIT_REQUEUE
 
 pytestmark = [
     pytest.mark.cuda,

@@ -17,9 +17,9 @@ from sedm.cli import main
 from sedm.config import load_config, load_samples
 from sedm.demo import cohort
 from sedm.demo.layout import DEMO_CLASSES, GLASS, make_layout
-from sedm.demo.seeds import rng_for
 from sedm.demo.styles import patient_style
 from sedm.errors import InputError
+from sedm.seeds import rng_for
 
 SIZE = 768
 MPP = 0.5

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _diffusion_helpers import CLASSES, make_stores
+from builders.diffusion import CLASSES, make_stores
 
-from sedm.data.diffusion_dataset import DiffusionPatchDataset, StepSampler
-from sedm.data.toy_stores import make_toy_store
+from sedm.diffusion.dataset import DiffusionPatchDataset, StepSampler
+from builders.toy_stores import make_toy_store
 from sedm.errors import InputError
 from sedm.stain.jitter import StainJitter
 from sedm.store import SlideStore, create_store, fraction_columns, tile_table_path
@@ -174,7 +174,7 @@ def test_style_jitter_restains_content_and_style_patches_alike(stores):
 def test_tile_cache_returns_the_store_windows(tmp_path):
     """Windows cut from cached tiles equal direct store reads, across tile borders and at the slide's
     edges, and the cache stays within its byte budget."""
-    from sedm.data.diffusion_dataset import TileCache
+    from sedm.diffusion.dataset import TileCache
     from sedm.store import SlideStore
 
     store = SlideStore(make_stores(tmp_path, n=1, size=200, tile=64)[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _diffusion_helpers import micro_model
+from builders.diffusion import micro_model
 
 from sedm.diffusion.pipeline import StedmPipeline, guided_prediction, rescale_guidance
 from sedm.diffusion.schedulers import sampling_scheduler

@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _diffusion_helpers import CLASSES, diffusion_section, make_stores, micro_model
+from builders.diffusion import CLASSES, diffusion_section, make_stores, micro_model
 from safetensors.torch import load_file
 
 from sedm.config import validate_config
-from sedm.diffusion.checkpoint import find_resumable, list_checkpoints, run_fingerprint
 from sedm.diffusion.schedulers import train_scheduler
-from sedm.diffusion.train import build_optimizer, sample_randomness, train
-from sedm.training import EXIT_REQUEUE
+from sedm.diffusion.train import build_optimizer, run_fingerprint, sample_randomness, train
+from sedm.runtime.checkpoints import find_resumable, list_checkpoints
+from sedm.runtime.signals import EXIT_REQUEUE
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*")
 
@@ -137,7 +137,7 @@ def test_writes_log_previews_and_model(stores, tmp_path):
 @pytest.mark.slow
 def test_tiny_overfit_loss_halves(stores):
     """On 4 fixed patches, 100 steps cut the loss on a fixed (noise, t) set well below half (~0.25x)."""
-    from sedm.data.diffusion_dataset import DiffusionPatchDataset
+    from sedm.diffusion.dataset import DiffusionPatchDataset
 
     ds = DiffusionPatchDataset(stores, CLASSES, patch_size=32, n_style=2, augment=False, seed=0)
     items = [ds[i] for i in range(4)]
@@ -229,7 +229,7 @@ def test_snr_weights_cap_easy_steps():
 def test_generated_colour_follows_style_source(tmp_path):
     """Two toy slides with different stains: after a short training, the same layouts sampled with
     style patches of slide 0 vs slide 1 differ in colour like the slides do."""
-    from sedm.data.diffusion_dataset import DiffusionPatchDataset
+    from sedm.diffusion.dataset import DiffusionPatchDataset
     from sedm.diffusion.pipeline import StedmPipeline
     from sedm.models.io import load_model
 

@@ -10,12 +10,13 @@ import pandas as pd
 import pytest
 import zarr
 from scipy import stats as sps
-from segmentation_fixtures import write_samples
+from builders.segmentation import write_samples
 
 from sedm.cli import main
 from sedm.config import load_samples, validate_config
 from sedm.errors import InputError
-from sedm.evaluation.evaluate import OUTPUT_FILES, evaluate, parse_predictions
+from sedm.evaluation.evaluate import evaluate, parse_predictions
+from sedm.evaluation.outputs import OUTPUT_FILES
 from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
 from sedm.evaluation.stats import bootstrap_ci, describe, paired_comparison, wilcoxon_p
 from sedm.store import create_store

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _diffusion_helpers import micro_model
+from builders.diffusion import micro_model
 
 from sedm.errors import InputError
 from sedm.labels import n_layout_channels, one_hot
@@ -174,7 +174,7 @@ def test_latent_path(tmp_path):
     from sedm.diffusion.pipeline import StedmPipeline
     from sedm.models.codec import load_latent_codec
     from sedm.models.presets import model_config
-    from _diffusion_helpers import MICRO
+    from builders.diffusion import MICRO
 
     codec = load_latent_codec(_tiny_vae(tmp_path / "vae"))
     assert codec.factor == 4 and codec.channels == 4 and codec.scaling_factor == 0.5

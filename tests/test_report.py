@@ -18,7 +18,8 @@ from PIL import Image
 from sedm.cli import main
 from sedm.config import load_samples, validate_config
 from sedm.report.build import build_report, write_figures
-from sedm.report.layout import TEMPLATES, ResultsLayout
+from sedm.layout import RESULTS, results_paths
+from sedm.report.layout import ResultsLayout
 
 ARMS = ["real", "stain_aug", "stedm"]
 # per-patient macro Dice per arm; stedm: best patient P4, worst P5
@@ -70,7 +71,7 @@ def write_results(root: Path, class_name: str = "tumour") -> None:
     run = root / "diffusion/run"
     run.mkdir(parents=True)
     steps = np.arange(0, 1000, 10)
-    pd.DataFrame({"step": steps, "loss": 1.0 / (1 + steps / 100), "lr": 1e-4, "it/s": 5.0}).to_csv(
+    pd.DataFrame({"step": steps, "loss": 1.0 / (1 + steps / 100), "lr": 1e-4, "it_per_s": 5.0}).to_csv(
         run / "train_log.csv", index=False)
     _png(run / "samples/step_900.png", (0, 0, 255), (128, 128))
     _png(run / "samples/step_1000.png", (0, 255, 0), (128, 128))  # latest: numeric, not lexical order
@@ -142,18 +143,19 @@ def _text(html: str) -> str:
     return " ".join(re.sub(r"<[^>]+>", " ", html).split())
 
 
-def test_layout_matches_workflow_paths(repo):
-    """The report reads outputs where the workflow writes them: TEMPLATES agree with `paths` (defined
-    in common.smk, some added by other rule files as `paths.NAME = f"{R}/..."`)."""
+def test_workflow_and_report_share_one_layout(repo, tmp_path):
+    """The workflow's `paths` and the report's ResultsLayout are both built from sedm.layout.RESULTS;
+    every `paths.NAME` a rule file uses exists there (or is one of common.smk's non-results paths)."""
     text = "\n".join(p.read_text() for p in sorted((repo / "workflow/rules").glob("*.smk")))
-    found = re.findall(r'^\s*(?:paths\.)?(\w+) = (?:R \+ "|f"\{R\})/([^"]+)"', text, flags=re.M)
-    smk = {name: path.replace("{{", "{").replace("}}", "}") for name, path in found}
-    shared = set(smk) & set(TEMPLATES)
-    assert {"tissue_qc", "tiling_summary", "diffusion_run", "synthesis_montage", "synthesis_stats",
-            "prediction_overlay", "seg_run", "report_html", "report_figures"} <= shared
-    for name in shared:
-        assert smk[name] == TEMPLATES[name], name
-    assert smk["bench"].startswith(TEMPLATES["benchmarks"] + "/")
+    used = set(re.findall(r"\bpaths\.(\w+)", text))
+    assert used and used <= set(RESULTS) | {"demo_slide", "demo_annotation", "log"}, used - set(RESULTS)
+    paths = results_paths(str(tmp_path))
+    layout = ResultsLayout(tmp_path)
+    assert Path(paths.tissue_qc.format(slide="S1")) == layout.tissue_qc("S1")
+    assert Path(paths.prediction_overlay.format(arm="real", slide="S1")) == layout.prediction_overlay("real", "S1")
+    assert Path(paths.synthesis_stats.format(slide="U1")) == layout.synthesis_stats("U1")
+    assert Path(paths.eval_dir) == layout.eval_dir and Path(paths.diffusion_run) == layout.diffusion_run
+    assert Path(paths.bench.format(rule="r", name="j")).parent.parent == layout.benchmarks
 
 
 def test_full_report_shows_every_section_deterministically(cohort, tmp_path):

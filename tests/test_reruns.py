@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _workflow_helpers import edit_config, executed_jobs, make_workdir, output, planned_jobs, read_sheet, snakemake
+from builders.workflow import edit_config, executed_jobs, make_workdir, output, planned_jobs, read_sheet, snakemake
 from sedm.config import STAGE_SECTIONS
 
 pytestmark = pytest.mark.slow

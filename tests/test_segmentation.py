@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-from segmentation_fixtures import CLASSES, make_store, make_synthetic, tiny_config, write_samples
+from builders.segmentation import CLASSES, make_store, make_synthetic, tiny_config, write_samples
 
 from sedm.cli import main
 from sedm.config import load_samples
@@ -20,7 +20,8 @@ from sedm.segmentation.data import (RealTiles, SyntheticSet, TrainBatches, annot
 from sedm.segmentation.loss import masked_ce_dice
 from sedm.segmentation.train import train
 from sedm.store import SlideStore
-from sedm.training import EXIT_REQUEUE
+from sedm.runtime.checkpoints import list_checkpoints
+from sedm.runtime.signals import EXIT_REQUEUE
 
 
 # ---------------------------------------------------------------------------------------- splits
@@ -196,7 +197,7 @@ def test_interrupted_training_resumes_to_identical_weights(cohort):
             os.kill(os.getpid(), signal.SIGUSR1)
 
     assert train(cfg, **kw, out=tmp / "part", run_dir=tmp / "run_part", on_step=interrupt) == EXIT_REQUEUE
-    assert not (tmp / "part").exists() and (tmp / "run_part" / "checkpoint.pt").is_file()
+    assert not (tmp / "part").exists() and list_checkpoints(tmp / "run_part")
     assert train(cfg, **kw, out=tmp / "part", run_dir=tmp / "run_part") == 0
     for name in ("last", "best"):
         full, part = _weights(tmp / "full" / f"{name}.safetensors"), _weights(tmp / "part" / f"{name}.safetensors")
@@ -242,7 +243,7 @@ def test_cli_train_seg_and_bad_arm(cohort, tmp_path, capsys):
 
 def test_ema_state_loads_onto_the_models_device():
     """A checkpoint is read on the CPU; the EMA shadow must stay where the model is (a GPU)."""
-    from sedm.training import EMA
+    from sedm.runtime.ema import EMA
 
     model = torch.nn.Linear(3, 2).to("meta")
     ema = EMA(model, 0.9)

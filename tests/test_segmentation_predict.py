@@ -10,7 +10,7 @@ import shapely
 import torch
 import zarr
 from PIL import Image
-from segmentation_fixtures import CLASSES, make_store, tiny_config
+from builders.segmentation import CLASSES, make_store, tiny_config
 from shapely.geometry import shape
 
 from sedm.cli import main

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _workflow_helpers import REPO, executed_jobs, make_workdir, read_sheet, snakemake_cmd
+from builders.workflow import REPO, executed_jobs, make_workdir, read_sheet, snakemake_cmd
 from sedm.config import load_config, runtime_config
 from sedm.profile import GPU_RULES
 

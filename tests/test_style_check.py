@@ -109,7 +109,7 @@ def test_style_grid_has_a_row_per_layout_and_a_column_per_source(tmp_path):
 @pytest.fixture(scope="module")
 def two_stain_model(tmp_path_factory):
     """A micro model trained briefly on two toy slides of different stains, with layout dropout."""
-    from _diffusion_helpers import CLASSES, diffusion_section, make_stores
+    from builders.diffusion import CLASSES, diffusion_section, make_stores
 
     from sedm.config import validate_config
     from sedm.diffusion.train import train

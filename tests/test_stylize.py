@@ -10,7 +10,7 @@ from PIL import Image
 
 from sedm.cli import main
 from sedm.demo.tiff import write_pyramidal_tiff
-from test_synthesis_fixtures import CLASSES, PATCH, make_model, make_store
+from builders.synthesis import CLASSES, PATCH, make_model, make_store
 
 
 @pytest.fixture(scope="module")

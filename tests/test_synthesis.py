@@ -22,8 +22,8 @@ from sedm.synthesis.layouts import Augmentation, LayoutSampler, augmented_window
 from sedm.synthesis.counts import samples_for_slide
 from sedm.synthesis.shards import partial_dir, read_provenance
 from sedm.synthesis.styles import StoreStyleSource
-from sedm.training import EXIT_REQUEUE
-from test_synthesis_fixtures import CLASSES, MPP, PATCH, TILE, make_model, make_store
+from sedm.runtime.signals import EXIT_REQUEUE
+from builders.synthesis import CLASSES, MPP, PATCH, TILE, make_model, make_store
 
 SYN = {"per_slide": 5, "shard_size": 2, "batch_size": 2, "steps": 2, "sampler": "dpmpp", "seed": 3,
        "montage_samples": 3, "style_min_tissue_fraction": 0.5}
@@ -296,3 +296,22 @@ def test_cli_end_to_end_and_bad_input(world, tmp_path, capsys):
     cfg.write_text(yaml.safe_dump({"classes": ["a", "b"], "synthesis": SYN}))
     assert main(argv) == 2
     assert "trained with classes" in capsys.readouterr().err
+
+
+# the builders themselves
+def test_make_store_is_readable(tmp_path):
+    from sedm.store import fraction_columns
+
+    s = SlideStore(make_store(tmp_path / "a.zarr", "a", tissue_tiles={(0, 0)}))
+    t = s.tiles()
+    assert len(t) == 4 and t["tissue_fraction"].max() == 1.0
+    assert s.read_labels(0, 0, 2, 2).max() == 1
+    assert s.read_tissue(70, 70, 1, 1)[0, 0] == 0
+    np.testing.assert_allclose(t[fraction_columns(CLASSES)].sum(axis=1), 1.0)
+
+
+def test_make_model_loads(tmp_path):
+    from sedm.models.io import load_model
+
+    m = load_model(make_model(tmp_path / "m"))
+    assert m.config.classes == CLASSES and m.config.patch_size == PATCH

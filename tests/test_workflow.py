@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from _workflow_helpers import REPO, make_workdir, snakemake
+from builders.workflow import REPO, make_workdir, snakemake
 from sedm.store import SlideStore
 
 pytestmark = pytest.mark.slow

@@ -32,11 +32,11 @@ from sedm.atomic import write_text
 from sedm.config import SAMPLE_COLUMNS, load_config, load_samples, validate_config
 from sedm.demo.layout import DEMO_CLASSES, Layout, make_layout
 from sedm.demo.render import render_slide
-from sedm.demo.seeds import rng_for
 from sedm.demo.styles import StainStyle, patient_style
 from sedm.demo.tiff import write_pyramidal_tiff
 from sedm.demo.vectorise import layout_geojson
 from sedm.errors import InputError
+from sedm.seeds import rng_for
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sedm.demo.seeds import rng_for
+from sedm.seeds import rng_for
 
 RUIFROK_H = (0.650, 0.704, 0.286)
 """Haematoxylin optical-density vector (R, G, B) of Ruifrok & Johnston (2001)."""

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from sedm.errors import InputError
+from sedm.runtime.devices import resolve_device
 
 
 @dataclass(frozen=True)
@@ -32,16 +33,6 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this rank's GPU when CUDA is available, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

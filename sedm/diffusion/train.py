@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -42,10 +41,10 @@ from tqdm.auto import tqdm
 
 from sedm import __version__
 from sedm.config import add_config_arguments, load_config
-from sedm.data.diffusion_dataset import DiffusionPatchDataset, StepSampler
 from sedm.diffusion import distributed as D
-from sedm.diffusion.checkpoint import find_resumable, run_fingerprint, write_checkpoint
+from sedm.diffusion.dataset import DiffusionPatchDataset, StepSampler
 from sedm.diffusion.grid import preview_grid, save_png
+from sedm.diffusion.outputs import LOG_COLUMNS, SAMPLES_DIR, TRAIN_LOG
 from sedm.diffusion.pipeline import StedmPipeline
 from sedm.diffusion.schedulers import train_scheduler
 from sedm.errors import InputError
@@ -54,13 +53,20 @@ from sedm.models.io import save_model
 from sedm.models.presets import model_config
 from sedm.models.stedm import StedmModel, count_parameters
 from sedm.models.style_encoder import load_encoder_weights
+from sedm.runtime.checkpoints import CheckpointStore
+from sedm.runtime.csvlog import CsvLog
+from sedm.runtime.devices import autocast
+from sedm.runtime.ema import warmup_ema
+from sedm.runtime.fingerprint import fingerprint, without_runtime_keys
+from sedm.runtime.rng import set_rng_state
+from sedm.runtime.schedules import warmup_constant, warmup_cosine
+from sedm.runtime.signals import EXIT_REQUEUE, StopSignals, ignore_stop_signals
+from sedm.seeds import sample_seed
 from sedm.stain.jitter import StainJitter
-from sedm.store import SlideStore
-from sedm.training import EXIT_REQUEUE, CsvLog, StopSignals, autocast, set_rng_state, warmup_cosine
+from sedm.store import SlideStore, tile_table_path
 
 log = logging.getLogger(__name__)
 
-LOG_COLUMNS = ["step", "loss", "lr", "grad_norm", "it_per_s", "img_per_s", "elapsed_s"]
 PREVIEW_INDEX = 2**61
 """Sample indices of the fixed preview batch (far from any training step's indices)."""
 
@@ -111,16 +117,12 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> t
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
-def _sample_seed(seed: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, index, 0x5EED]).generate_state(1, np.uint64)[0] >> 1)
-
-
 def sample_randomness(indices: torch.Tensor, seed: int, shape: Sequence[int], num_timesteps: int,
                       style_drop: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Noise (B, *shape), timesteps (B,) and style-drop flags (B,), each a function of (seed, index)."""
     noise, steps, drops = [], [], []
     for index in indices.tolist():
-        g = torch.Generator().manual_seed(_sample_seed(seed, index))
+        g = torch.Generator().manual_seed(sample_seed(seed, index))
         noise.append(torch.randn(tuple(shape), generator=g))
         steps.append(torch.randint(0, num_timesteps, (1,), generator=g))
         drops.append(torch.rand(1, generator=g) < style_drop)
@@ -154,28 +156,23 @@ def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Te
     return per_sample.mean()
 
 
-def _worker_ignores_stop_signals(_worker_id: int) -> None:
-    """DataLoader workers leave SIGTERM/SIGUSR1 to the main process.
-
-    SLURM signals every process of a job; torch's workers would die on SIGTERM and take the run down
-    before the main process has written its checkpoint. Workers still exit when the main one does.
-    """
-    for sig in StopSignals.SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-
-
 def _lr_schedule(opt: torch.optim.Optimizer, section: Mapping[str, Any]) -> torch.optim.lr_scheduler.LambdaLR:
     if section["lr_schedule"] == "cosine":
         return warmup_cosine(opt, section["warmup_steps"], section["max_steps"])
-    warm = max(1, section["warmup_steps"])
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    return warmup_constant(opt, section["warmup_steps"])
 
 
-def _ema(model: torch.nn.Module, decay: float):
-    from diffusers.training_utils import EMAModel
-
-    # warm-up (decay 1 - (1+step)^-0.75, capped at `decay`): short runs are averaged over a fitting horizon
-    return EMAModel(model.parameters(), decay=decay, min_decay=0.0, use_ema_warmup=True, power=0.75)
+def run_fingerprint(config: Mapping[str, Any], stores: Sequence[str | Path],
+                    unlabelled: Sequence[str | Path] = ()) -> str:
+    """Hash of everything that determines the trained weights: the diffusion section without its
+    runtime keys, classes, seed and the input stores (names, metadata, tile tables)."""
+    semantic = {"diffusion": without_runtime_keys(config["diffusion"]), "classes": config["classes"],
+                "seed": config["seed"], "labelled": [Path(s).name for s in stores],
+                "unlabelled": [Path(s).name for s in unlabelled]}
+    files = []
+    for store in [*stores, *unlabelled]:
+        files += [Path(store) / "zarr.json", tile_table_path(store)]
+    return fingerprint(semantic, files)
 
 
 def build_dataset(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: Sequence[str | Path],
@@ -240,15 +237,15 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
     noise_sched = train_scheduler(cfg)
     opt = build_optimizer(model, s["lr"], s["weight_decay"])
     lr_sched = _lr_schedule(opt, s)
-    fp = run_fingerprint(config, stores, unlabelled)
+    checkpoints = CheckpointStore(run_dir, run_fingerprint(config, stores, unlabelled), keep=s["keep_checkpoints"])
     start = 0
-    state = find_resumable(run_dir, fp) if resume else None
+    state = checkpoints.latest() if resume else None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         lr_sched.load_state_dict(state["lr_scheduler"])
         start = int(state["step"])
-    ema = _ema(model, s["ema_decay"])
+    ema = warmup_ema(model, s["ema_decay"])
     if state is not None:
         ema.load_state_dict(state["ema"])
         ema.to(device)
@@ -268,8 +265,8 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=sampler0.per_rank, sampler=StepSampler(start, max_steps, batch, info.rank, info.world),
         num_workers=s["num_workers"], pin_memory=device.type == "cuda", drop_last=False,
-        persistent_workers=False, worker_init_fn=_worker_ignores_stop_signals)
-    csv = CsvLog(run_dir / "train_log.csv", LOG_COLUMNS, resume_step=start) if info.is_main else None
+        persistent_workers=False, worker_init_fn=ignore_stop_signals)
+    csv = CsvLog(run_dir / TRAIN_LOG, LOG_COLUMNS, resume_step=start) if info.is_main else None
     preview = _preview_batch(dataset, s["preview_samples"]) if info.is_main else None
     latent_shape = (cfg.image_channels, cfg.sample_size, cfg.sample_size)
     bar = tqdm(total=max_steps, initial=start, disable=not info.is_main, desc="train-diffusion", file=sys.stderr,
@@ -277,9 +274,8 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
 
     def save_state(step: int) -> None:
         if info.is_main:
-            write_checkpoint(run_dir, step, fp, {"model": model.state_dict(), "ema": ema.state_dict(),
-                                                 "optimizer": opt.state_dict(),
-                                                 "lr_scheduler": lr_sched.state_dict()}, keep=s["keep_checkpoints"])
+            checkpoints.save(step, {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                                    "lr_scheduler": lr_sched.state_dict()})
         D.barrier(info)
 
     model.train()
@@ -325,7 +321,7 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
                     bar.set_postfix(loss=f"{mean_loss:.4f}")
                 t_log, steps_since, loss_sum = now, 0, torch.zeros((), device=device)
             if s["sample_every"] and step % s["sample_every"] == 0 and step < max_steps and info.is_main:
-                _write_preview(model, ema, preview, run_dir / "samples" / f"step-{step:08d}.png", seed)
+                _write_preview(model, ema, preview, run_dir / SAMPLES_DIR / f"step-{step:08d}.png", seed)
             stop = D.any_rank(signals.requested is not None or (stop_at is not None and step >= stop_at), info)
             if stop or step % s["checkpoint_every"] == 0 or step == max_steps:
                 save_state(step)
@@ -341,11 +337,12 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
         log.info("checkpoint is already at max_steps=%d; writing the model", max_steps)
     _check_ranks_in_sync(model, info)
     if info.is_main:
-        _write_preview(model, ema, preview, run_dir / "samples" / "final.png", seed)
+        _write_preview(model, ema, preview, run_dir / SAMPLES_DIR / "final.png", seed)
         ema.store(model.parameters())
         ema.copy_to(model.parameters())
         save_model(model, out, metadata={
-            "steps": max_steps, "batch_size": batch, "world_size": info.world, "seed": seed, "fingerprint": fp,
+            "steps": max_steps, "batch_size": batch, "world_size": info.world, "seed": seed,
+            "fingerprint": checkpoints.fp,
             "mpp": dataset.mpp, "stores": [Path(p).name for p in stores],
             "unlabelled_stores": [Path(p).name for p in unlabelled], "sedm_version": __version__,
             "weights": "ema", "train_seconds_this_run": round(time.perf_counter() - t0, 1)})

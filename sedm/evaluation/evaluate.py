@@ -29,14 +29,12 @@ from sedm.atomic import atomic_path, write_text
 from sedm.config import load_config, load_samples
 from sedm.errors import InputError
 from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
+from sedm.evaluation.outputs import (ARM, CONFUSION, MACRO_DICE, MACRO_IOU, PATIENT, PER_PATIENT, PER_SLIDE, SLIDE,
+                                     SUMMARY_CSV, SUMMARY_JSON, TABLE_SUFFIXES, class_column)
 from sedm.evaluation.stats import describe, paired_comparison
 from sedm.store import SlideStore, open_checked
 
 log = logging.getLogger(__name__)
-
-OUTPUT_FILES = ("summary.json", "summary.csv", "per_patient.parquet", "per_patient.csv", "per_slide.parquet",
-                "per_slide.csv")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="sedm config or the evaluation stage snapshot")
@@ -114,9 +112,9 @@ def _scores(cm: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     dice, iou = dice_iou(cm)
     row: dict[str, Any] = {"n_pixels": int(cm[1:].sum())}
     for c, d, j in zip(classes, dice, iou):
-        row[f"dice_{c}"], row[f"iou_{c}"] = float(d), float(j)
-    row["macro_dice"], row["macro_iou"] = macro(dice), macro(iou)
-    row["confusion"] = json.dumps(cm.tolist())
+        row[class_column("dice", c)], row[class_column("iou", c)] = float(d), float(j)
+    row[MACRO_DICE], row[MACRO_IOU] = macro(dice), macro(iou)
+    row[CONFUSION] = json.dumps(cm.tolist())
     return row
 
 
@@ -140,12 +138,12 @@ def summary_json(per_patient: pd.DataFrame, classes: Sequence[str], pooled: Mapp
     same across-patient figures plus IQR and the Dice / IoU pooled over all pixels).
     """
     arms = {}
-    for arm, df in per_patient.groupby("arm", sort=False):
-        d, j = describe(df["macro_dice"]), describe(df["macro_iou"])
+    for arm, df in per_patient.groupby(ARM, sort=False):
+        d, j = describe(df[MACRO_DICE]), describe(df[MACRO_IOU])
         pooled_dice, pooled_iou = dice_iou(pooled[arm])
         per_class = {}
         for i, c in enumerate(classes):
-            dc, jc = describe(df[f"dice_{c}"]), describe(df[f"iou_{c}"])
+            dc, jc = describe(df[class_column("dice", c)]), describe(df[class_column("iou", c)])
             per_class[c] = {"mean_dice": dc["mean"], "std_dice": dc["std"], "median_dice": dc["median"],
                             "iqr_dice": dc["iqr"], "worst_dice": dc["min"], "mean_iou": jc["mean"],
                             "pooled_dice": float(pooled_dice[i]), "pooled_iou": float(pooled_iou[i]),
@@ -159,21 +157,23 @@ def summary_json(per_patient: pd.DataFrame, classes: Sequence[str], pooled: Mapp
 def summary_table(per_patient: pd.DataFrame, classes: Sequence[str], pooled: Mapping[str, np.ndarray]) -> pd.DataFrame:
     """Long table: arm x (class | macro) x (dice | iou) with n, mean, std, median, q1, q3, iqr, min, max, pooled."""
     rows = []
-    for arm, df in per_patient.groupby("arm", sort=False):
+    for arm, df in per_patient.groupby(ARM, sort=False):
         pooled_scores = dict(zip(("dice", "iou"), dice_iou(pooled[arm])))
         for metric in ("dice", "iou"):
             for i, c in enumerate([*classes, "macro"]):
-                col = f"macro_{metric}" if c == "macro" else f"{metric}_{c}"
+                col = {"dice": MACRO_DICE, "iou": MACRO_IOU}[metric] if c == "macro" else class_column(metric, c)
                 p = macro(pooled_scores[metric]) if c == "macro" else float(pooled_scores[metric][i])
                 rows.append({"arm": arm, "class": c, "metric": metric, **describe(df[col]), "pooled": p})
     return pd.DataFrame(rows)
 
 
 def _write_table(df: pd.DataFrame, out: Path, name: str) -> None:
-    with atomic_path(out / f"{name}.parquet") as tmp:
-        df.to_parquet(tmp, index=False)
-    with atomic_path(out / f"{name}.csv") as tmp:
-        df.to_csv(tmp, index=False)
+    for suffix in TABLE_SUFFIXES:
+        with atomic_path(out / f"{name}{suffix}") as tmp:
+            if suffix == ".parquet":
+                df.to_parquet(tmp, index=False)
+            else:
+                df.to_csv(tmp, index=False)
 
 
 def evaluate(cfg: Mapping[str, Any], *, samples: pd.DataFrame, predictions: Mapping[str, Mapping[str, Path]],
@@ -202,7 +202,7 @@ def evaluate(cfg: Mapping[str, Any], *, samples: pd.DataFrame, predictions: Mapp
         for slide in slides:
             cm = slide_confusion(truth[slide], predictions[arm][slide])
             cms[arm, slide] = cm
-            slide_rows.append({"arm": arm, "slide_id": slide, "patient_id": samples.at[slide, "patient_id"],
+            slide_rows.append({ARM: arm, SLIDE: slide, PATIENT: samples.at[slide, "patient_id"],
                                **_scores(cm, classes)})
     per_slide = pd.DataFrame(slide_rows)
 
@@ -216,7 +216,7 @@ def evaluate(cfg: Mapping[str, Any], *, samples: pd.DataFrame, predictions: Mapp
         for patient, its in sorted(by_patient.items()):
             cm = sum((cms[arm, s] for s in its), np.zeros((k + 1, k + 1), np.int64))
             pooled[arm] += cm
-            patient_rows.append({"arm": arm, "patient_id": patient, "n_slides": len(its),
+            patient_rows.append({ARM: arm, PATIENT: patient, "n_slides": len(its),
                                  "slides": ",".join(its), **_scores(cm, classes)})
     per_patient = pd.DataFrame(patient_rows)
 
@@ -226,7 +226,7 @@ def evaluate(cfg: Mapping[str, Any], *, samples: pd.DataFrame, predictions: Mapp
         raise InputError(None, "evaluation.baseline", f"baseline arm {base!r} is not among the evaluated arms {arms}",
                          "set evaluation.baseline to one of them")
     if base in arms:
-        pivot = per_patient.pivot(index="patient_id", columns="arm", values="macro_dice")
+        pivot = per_patient.pivot(index=PATIENT, columns=ARM, values=MACRO_DICE)
         for i, arm in enumerate(a for a in arms if a != base):
             comp = paired_comparison(pivot[arm].to_numpy(), pivot[base].to_numpy(), int(ev["n_boot"]),
                                      int(cfg["seed"]) + i)
@@ -236,11 +236,11 @@ def evaluate(cfg: Mapping[str, Any], *, samples: pd.DataFrame, predictions: Mapp
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_table(per_slide, out, "per_slide")
-    _write_table(per_patient, out, "per_patient")
-    with atomic_path(out / "summary.csv") as tmp:
+    _write_table(per_slide, out, PER_SLIDE)
+    _write_table(per_patient, out, PER_PATIENT)
+    with atomic_path(out / SUMMARY_CSV) as tmp:
         summary_table(per_patient, classes, pooled).to_csv(tmp, index=False)
-    write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    write_text(out / SUMMARY_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n")
     for arm, s in summary["arms"].items():
         log.info("%s: per-patient macro Dice mean %s (worst %s) over %s patients", arm, s["mean_dice"],
                  s["worst_dice"], s["n_patients"])

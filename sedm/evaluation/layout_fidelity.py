@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sedm.segmentation.data import SyntheticSet
     from sedm.segmentation.model import divisor, load_model, segment
-    from sedm.training import resolve_device
+    from sedm.runtime.devices import resolve_device
 
     config = load_config(args.config, runtime=args.runtime)
     seg = config["segmentation"]

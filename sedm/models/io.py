@@ -61,6 +61,8 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise InputError(file, "format_version", f"model format {version!r}; this sedm reads up to {FORMAT_VERSION}",
                          "upgrade sedm to the version that trained the model, or retrain it")
+    if version == 1:  # before the stain-statistics input and the "unknown tissue" layout channel
+        data["model"] = {"stain_statistics": False, "tissue_channel": False, **data["model"]}
     return data
 
 

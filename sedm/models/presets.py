@@ -6,14 +6,17 @@
   ~1 µm/px (or 512 px at ~2 µm/px via ``patch_size``), five UNet levels down to 16x16, self-attention
   at the two coarsest levels as STEDM, which attended only in its bottleneck region.
 
-Every preset value can be overridden by the key of the same name in the ``diffusion`` section; a
-``null`` there means "take the preset's".
+Layering of defaults: the config schema holds the default of every ``diffusion`` key; the presets
+hold model sizes, which a key of the same name in the section overrides (``null`` = the preset's);
+the resulting :class:`StedmConfig` is saved with the model in full, so a saved model never depends
+on the defaults of a later sedm.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from sedm.config import validate_config
 from sedm.errors import InputError
 from sedm.models.stedm import StedmConfig
 
@@ -34,8 +37,12 @@ _BETAS = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012), "squaredcos
 def model_config(diffusion: dict[str, Any], classes: list[str], *, latent_factor: int = 1,
                  latent_channels: int = 3, latent_scaling_factor: float = 1.0, latent_shift_factor: float = 0.0,
                  mpp: float | None = None) -> StedmConfig:
-    """Resolve preset + overrides of a validated ``diffusion`` config section into a model config."""
-    preset = diffusion.get("preset", "tiny")
+    """Resolve preset + overrides of a ``diffusion`` config section into a model config.
+
+    Keys the section leaves out take their schema defaults (the section is validated here).
+    """
+    diffusion = validate_config({"diffusion": dict(diffusion)})["diffusion"]
+    preset = diffusion["preset"]
     if preset not in PRESETS:
         raise InputError(None, "diffusion.preset", f"unknown preset {preset!r}", f"use one of {sorted(PRESETS)}")
     values = dict(PRESETS[preset])
@@ -44,25 +51,24 @@ def model_config(diffusion: dict[str, Any], classes: list[str], *, latent_factor
             values[key] = diffusion[key]
     if values.get("style_patch_size") is None:
         values["style_patch_size"] = values["patch_size"]
-    schedule = diffusion.get("beta_schedule", "auto")
+    schedule = diffusion["beta_schedule"]
     if schedule == "auto":  # DDPM's betas suit pixels; latents (unit variance, 8x smaller) want LDM's
         schedule = "scaled_linear" if latent_factor > 1 else "linear"
-    beta_start = diffusion.get("beta_start") or _BETAS[schedule][0]
-    beta_end = diffusion.get("beta_end") or _BETAS[schedule][1]
+    beta_start = diffusion["beta_start"] or _BETAS[schedule][0]
+    beta_end = diffusion["beta_end"] or _BETAS[schedule][1]
     return StedmConfig(
         classes=list(classes), **values,
-        stain_statistics=bool(diffusion.get("stain_statistics", False)),
-        tissue_channel=float(diffusion.get("layout_drop", 0.0)) > 0,
-        aggregation=diffusion.get("aggregation", "attention"),
-        cross_attention=bool(diffusion.get("cross_attention", False)),
+        stain_statistics=bool(diffusion["stain_statistics"]),
+        tissue_channel=float(diffusion["layout_drop"]) > 0,
+        aggregation=diffusion["aggregation"],
+        cross_attention=bool(diffusion["cross_attention"]),
         image_channels=latent_channels if latent_factor > 1 else 3,
         latent_factor=latent_factor, latent_scaling_factor=latent_scaling_factor,
         latent_shift_factor=latent_shift_factor,
-        prediction_type=diffusion.get("prediction_type", "v_prediction"),
-        num_train_timesteps=int(diffusion.get("num_train_timesteps", 1000)),
+        prediction_type=diffusion["prediction_type"],
+        num_train_timesteps=int(diffusion["num_train_timesteps"]),
         beta_schedule=schedule, beta_start=float(beta_start), beta_end=float(beta_end),
-        sampler=diffusion.get("sampler", "dpmpp"), steps=int(diffusion.get("steps", 20)),
-        guidance_scale=float(diffusion.get("guidance_scale", 1.5)),
-        guidance_rescale=float(diffusion.get("guidance_rescale", 0.7)),
+        sampler=diffusion["sampler"], steps=int(diffusion["steps"]),
+        guidance_scale=float(diffusion["guidance_scale"]), guidance_rescale=float(diffusion["guidance_rescale"]),
         mpp=mpp,
     )

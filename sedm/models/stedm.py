@@ -28,7 +28,7 @@ The network knows nothing about noise schedules; :mod:`sedm.diffusion.schedulers
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -44,44 +44,48 @@ from sedm.models.style_encoder import StyleEncoder
 
 @dataclass
 class StedmConfig:
-    """Everything needed to rebuild a model (``config.json`` of a model directory) and to sample from it."""
+    """Everything needed to rebuild a model (``config.json`` of a model directory) and to sample from it.
+
+    No field has a default: a model is built from a resolved config (:func:`sedm.models.presets.model_config`)
+    and saved with all of it, so what a saved model is never depends on defaults that change later.
+    """
 
     classes: list[str]
-    patch_size: int = 64
+    patch_size: int
     """Content patch width/height in pixels (at ``mpp``)."""
-    style_patch_size: int = 64
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
-    layers_per_block: int = 1
-    attention_levels: list[bool] = field(default_factory=lambda: [False, False, True])
-    attention_head_dim: int = 32
-    norm_num_groups: int = 8
-    style_dim: int = 64
-    style_encoder_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
-    n_style: int = 2
-    stain_statistics: bool = False
+    style_patch_size: int
+    block_out_channels: list[int]
+    layers_per_block: int
+    attention_levels: list[bool]
+    attention_head_dim: int
+    norm_num_groups: int
+    style_dim: int
+    style_encoder_channels: list[int]
+    n_style: int
+    stain_statistics: bool
     """The style encoder also reads each patch's parameter-free optical-density moments (sedm's addition)."""
-    tissue_channel: bool = False
+    tissue_channel: bool
     """The layout has a "tissue, class unknown" channel (trained by layout dropout)."""
-    aggregation: str = "attention"
-    cross_attention: bool = False
-    image_channels: int = 3
+    aggregation: str
+    cross_attention: bool
+    image_channels: int
     """3 in pixel space; the autoencoder's latent channels in latent space."""
-    latent_factor: int = 1
+    latent_factor: int
     """Downsampling of the autoencoder (1 = pixel space)."""
-    latent_scaling_factor: float = 1.0
-    latent_shift_factor: float = 0.0
+    latent_scaling_factor: float
+    latent_shift_factor: float
     # diffusion schedule (the training scheduler is rebuilt from these)
-    prediction_type: str = "v_prediction"
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
+    prediction_type: str
+    num_train_timesteps: int
+    beta_schedule: str
+    beta_start: float
+    beta_end: float
     # sampling defaults (the pipeline's arguments override them)
-    sampler: str = "dpmpp"
-    steps: int = 20
-    guidance_scale: float = 1.5
-    guidance_rescale: float = 0.7
-    mpp: float | None = None
+    sampler: str
+    steps: int
+    guidance_scale: float
+    guidance_rescale: float
+    mpp: float | None
     """µm/px of the training patches; synthesis must read style patches at the same resolution."""
 
     @property
@@ -103,6 +107,10 @@ class StedmConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StedmConfig":
         known = {f.name for f in fields(cls)}
+        missing = sorted(known - set(data))
+        if missing:
+            raise InputError(None, "config.json model", f"lacks {missing}",
+                             "use a model directory written by `sedm train-diffusion` of this sedm version")
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

@@ -23,9 +23,9 @@ from sedm import __version__
 from sedm.atomic import atomic_path
 from sedm.config import add_config_arguments, load_config, load_samples
 from sedm.errors import InputError
-from sedm.report import sections
+from sedm.report import evaluation, stages
 from sedm.report.layout import ResultsLayout
-from sedm.report.sections import Figure, Table
+from sedm.report.tables import Figure, Table, fmt, read_json
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 VERSIONED = ("numpy", "pandas", "torch", "diffusers", "monai", "zarr", "snakemake")
@@ -76,18 +76,18 @@ def build_report(config: dict, samples: pd.DataFrame, results: str | Path, *, ti
     """
     layout = ResultsLayout(Path(results))
     figures: list[Figure] = []
-    evaluation = sections.evaluation_section(layout, figures)
+    scores = evaluation.evaluation_section(layout, figures)
     context: dict[str, Any] = {
         "title": title,
         "results": str(results),
-        "cohort": sections.cohort_section(samples, layout),
-        "tiling": sections.tiling_section(samples, layout, figures),
-        "diffusion": sections.diffusion_section(layout, figures),
-        "synthesis": sections.synthesis_section(samples, layout, figures),
-        "segmentation": sections.segmentation_section(layout, figures),
-        "evaluation": evaluation,
-        "predictions": sections.predictions_section(samples, layout, evaluation, figures),
-        "compute": sections.compute_section(layout),
+        "cohort": stages.cohort_section(samples, layout),
+        "tiling": stages.tiling_section(samples, layout, figures),
+        "diffusion": stages.diffusion_section(layout, figures),
+        "synthesis": stages.synthesis_section(samples, layout, figures),
+        "segmentation": stages.segmentation_section(layout, figures),
+        "evaluation": scores,
+        "predictions": evaluation.predictions_section(samples, layout, scores, figures),
+        "compute": stages.compute_section(layout),
         "provenance": provenance(config, layout, config_path, samples_path),
     }
     html = environment().get_template("report.html.j2").render(**context)
@@ -108,8 +108,8 @@ def provenance(config: dict, layout: ResultsLayout, config_path: str | Path | No
     versions.update({name: _version(name) for name in VERSIONED})
     rows = []
     for path in layout.stage_configs():
-        snap = sections.read_json(path)
-        rows.append([path.stem, sections.fmt(snap.get("sedm_version")) if isinstance(snap, dict) else "unreadable",
+        snap = read_json(path)
+        rows.append([path.stem, fmt(snap.get("sedm_version")) if isinstance(snap, dict) else "unreadable",
                      ", ".join(k for k in snap if k != "sedm_version") if isinstance(snap, dict) else ""])
     return {
         "versions": versions,

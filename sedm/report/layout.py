@@ -1,8 +1,8 @@
 """Where the report finds each stage's outputs under the results folder.
 
-This mirrors ``paths`` in ``workflow/rules/common.smk`` (tests/test_report.py checks that the two
-agree), so ``sedm report`` works on a results folder without Snakemake: this module is the only
-place in the report that knows the layout.
+The paths come from :data:`sedm.layout.RESULTS`, the layout the workflow writes, and the file names
+inside run and output folders from the stages' ``outputs`` modules, so ``sedm report`` works on a
+results folder without Snakemake: this module is the only place in the report that knows the layout.
 """
 
 from __future__ import annotations
@@ -10,23 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-# Relative to the results folder; names match the attributes of `paths` in common.smk.
-TEMPLATES: dict[str, str] = {
-    "stage_config": "config/{stage}.json",
-    "tissue_qc": "tiles/{slide}.qc.png",
-    "tiling_summary": "tiles/summary.tsv",
-    "diffusion_model": "diffusion/model",
-    "diffusion_run": "diffusion/run",
-    "synthesis_montage": "synthesis/{slide}.montage.png",
-    "synthesis_stats": "synthesis/{slide}.stats.json",
-    "seg_model": "segmentation/{arm}/model",
-    "seg_run": "segmentation/{arm}/run",
-    "prediction_overlay": "predictions/{arm}/{slide}.overlay.png",
-    "eval_dir": "eval",
-    "report_html": "report/report.html",
-    "report_figures": "report/figures",
-    "benchmarks": "benchmarks",
-}
+from sedm.diffusion import outputs as diffusion_out
+from sedm.evaluation import outputs as eval_out
+from sedm.layout import RESULTS
+from sedm.segmentation import outputs as seg_out
 
 
 @dataclass(frozen=True)
@@ -36,7 +23,7 @@ class ResultsLayout:
     root: Path
 
     def _p(self, name: str, **fields: str) -> Path:
-        return self.root / TEMPLATES[name].format(**fields)
+        return self.root / RESULTS[name].format(**fields)
 
     def tissue_qc(self, slide: str) -> Path:
         return self._p("tissue_qc", slide=slide)
@@ -55,7 +42,7 @@ class ResultsLayout:
 
     @property
     def train_log(self) -> Path:
-        return self.diffusion_run / "train_log.csv"
+        return self.diffusion_run / diffusion_out.TRAIN_LOG
 
     def sample_grids(self) -> list[Path]:
         """Sample-grid PNGs written during diffusion training, oldest step first."""
@@ -70,13 +57,18 @@ class ResultsLayout:
     def synthesis_stats(self, slide: str) -> Path:
         return self._p("synthesis_stats", slide=slide)
 
+    @property
+    def seg_train_log_pattern(self) -> Path:
+        """What :meth:`seg_train_logs` looks for, for a "not run" note."""
+        return self._p("seg_run", arm="<arm>") / seg_out.TRAIN_LOG
+
     def seg_train_logs(self) -> dict[str, Path]:
         """Segmentation training log per arm (the run folder's, else the copy in the model folder)."""
-        base = self.root / Path(TEMPLATES["seg_run"]).parent.parent
+        base = self.root / Path(RESULTS["seg_run"]).parent.parent
         out = {}
         for arm_dir in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
             for name in ("seg_run", "seg_model"):
-                path = self._p(name, arm=arm_dir.name) / "train_log.csv"
+                path = self._p(name, arm=arm_dir.name) / seg_out.TRAIN_LOG
                 if path.is_file():
                     out[arm_dir.name] = path
                     break
@@ -91,23 +83,24 @@ class ResultsLayout:
 
     @property
     def eval_summary(self) -> Path:
-        return self.eval_dir / "summary.json"
+        return self.eval_dir / eval_out.SUMMARY_JSON
 
     @property
     def per_patient(self) -> list[Path]:
-        """Candidate per-patient tables, preferred first."""
-        return [self.eval_dir / "per_patient.parquet", self.eval_dir / "per_patient.csv"]
+        """The per-patient table in each format it is written in, preferred first."""
+        return [self.eval_dir / (eval_out.PER_PATIENT + s) for s in eval_out.TABLE_SUFFIXES]
 
     @property
     def per_slide(self) -> list[Path]:
-        return [self.eval_dir / "per_slide.parquet", self.eval_dir / "per_slide.csv"]
+        return [self.eval_dir / (eval_out.PER_SLIDE + s) for s in eval_out.TABLE_SUFFIXES]
 
     @property
     def benchmarks(self) -> Path:
-        return self._p("benchmarks")
+        """Snakemake's benchmark files: ``<rule>/<job>.tsv`` below this folder."""
+        return self.root / Path(RESULTS["bench"]).parent.parent
 
     def stage_configs(self) -> list[Path]:
-        folder = self.root / Path(TEMPLATES["stage_config"]).parent
+        folder = self.root / Path(RESULTS["stage_config"]).parent
         return sorted(folder.glob("*.json")) if folder.is_dir() else []
 
 

@@ -22,6 +22,7 @@ import zarr
 
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED
+from sedm.seeds import index_rng
 from sedm.stain.jitter import StainJitter
 from sedm.store import IMAGE_FILL, SlideStore
 
@@ -215,7 +216,7 @@ class TrainBatches(torch.utils.data.Dataset):
         return image, labels, is_synthetic
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, int(step)])
+        rng = index_rng(self.seed, step)
         images, labels, synthetic = zip(*(self.sample(rng) for _ in range(self.batch_size)))
         return {"image": torch.from_numpy(np.stack(images)), "labels": torch.from_numpy(np.stack(labels)),
                 "synthetic": torch.tensor(synthetic)}

@@ -53,7 +53,7 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
 def segment(model: torch.nn.Module, images: np.ndarray, device: torch.device, div: int, amp: bool) -> np.ndarray:
     """(B, H, W, 3) uint8 -> (B, H, W) uint8 predicted label values (1..K; the network never predicts
     unannotated). Inputs are padded with white to a multiple of ``div`` and the result cropped back."""
-    from sedm.training import autocast
+    from sedm.runtime.devices import autocast
 
     x = to_input(torch.from_numpy(np.ascontiguousarray(images)).to(device))
     h, w = x.shape[-2:]

@@ -5,7 +5,7 @@ jitter or not); model, schedule, seed and validation split are the same, so thei
 results can be compared pairwise. The validation split is by patient; the model directory keeps
 the weights with the best validation macro Dice and the last ones.
 
-Interrupted runs resume exactly (see :mod:`sedm.training`): SIGTERM / SIGUSR1 -> checkpoint in
+Interrupted runs resume exactly (see :mod:`sedm.runtime`): SIGTERM / SIGUSR1 -> checkpoint in
 ``--run-dir`` and exit 75; the next call with ``--resume auto`` continues from that step.
 """
 
@@ -28,26 +28,32 @@ from tqdm import tqdm
 
 from sedm import __version__
 from sedm.atomic import atomic_path
-from sedm.config import RUNTIME_KEYS, add_config_arguments, load_config, load_samples
+from sedm.config import add_config_arguments, load_config, load_samples
 from sedm.errors import InputError
 from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
+from sedm.runtime.checkpoints import CheckpointStore
+from sedm.runtime.csvlog import CsvLog
+from sedm.runtime.devices import autocast, resolve_device
+from sedm.runtime.ema import EMA, swapped_weights
+from sedm.runtime.fingerprint import fingerprint, without_runtime_keys
+from sedm.runtime.rng import set_rng_state
+from sedm.runtime.schedules import warmup_cosine
+from sedm.runtime.signals import EXIT_REQUEUE, StopSignals, ignore_stop_signals
+from sedm.seeds import seed_everything
 from sedm.segmentation.data import (RealTiles, SyntheticSet, TrainBatches, annotated_tiles, same_mpp,
                                     split_by_patient, split_tiles)
 from sedm.segmentation.loss import masked_ce_dice
 from sedm.segmentation.model import (architecture, build_model, divisor, load_init_weights, save_model_dir,
                                      segment, to_input)
+from sedm.segmentation.outputs import LOG_COLUMNS, TRAIN_LOG
 from sedm.stain.jitter import StainJitter
 from sedm.store import SlideStore, open_checked, tile_table_path
-from sedm.training import (CHECKPOINT_NAME, EMA, EXIT_REQUEUE, CsvLog, StopSignals, autocast, fingerprint,
-                           ignore_stop_signals, load_checkpoint, resolve_device, save_checkpoint, seed_everything,
-                           set_rng_state, swapped_weights, warmup_cosine)
 
 log = logging.getLogger(__name__)
 
-LOG_COLUMNS = ["step", "loss", "lr", "synthetic_fraction", "val_macro_dice", "seconds"]
-# Settings that do not change the trained weights: not part of the fingerprint (prediction settings
-# do change the stage's results, so they are not runtime keys of the workflow).
-_NOT_TRAINING_KEYS = RUNTIME_KEYS | {"inference"}
+PREDICTION_KEYS = ("inference",)
+"""Keys of the segmentation section that only prediction reads: left out of the training fingerprint.
+(They change the stage's results, so they are not runtime keys of the workflow.)"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -171,7 +177,7 @@ def validate(model: torch.nn.Module, val: RealTiles, n_classes: int, device: tor
 # --------------------------------------------------------------------------------------- training
 def _fingerprint(cfg: Mapping[str, Any], arm: str, data: TrainingData, store_paths: Sequence[Path],
                  synthetic_paths: Sequence[Path], init: str | None) -> str:
-    seg = {k: v for k, v in cfg["segmentation"].items() if k not in _NOT_TRAINING_KEYS}
+    seg = without_runtime_keys(cfg["segmentation"], also=PREDICTION_KEYS)
     inputs = [*store_paths, *(tile_table_path(p) for p in store_paths)]
     if data.synthetic:
         inputs += list(synthetic_paths)
@@ -220,8 +226,9 @@ def train(cfg: Mapping[str, Any], *, arm: str, stores: Sequence[Path], samples: 
     scheduler = warmup_cosine(optimizer, int(seg["warmup_steps"]), max_steps, float(seg["min_lr_ratio"]))
     ema = EMA(model, float(seg["ema_decay"])) if seg["ema"] else None
     start, best = 0, {"score": float("-inf"), "step": -1, "per_class": []}
-    ckpt_path, best_path = run_dir / CHECKPOINT_NAME, run_dir / "best.safetensors"
-    state = load_checkpoint(ckpt_path, fp) if resume else None
+    checkpoints = CheckpointStore(run_dir, fp, keep=int(seg["keep_checkpoints"]))
+    best_path = run_dir / "best.safetensors"
+    state = checkpoints.latest() if resume else None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -231,7 +238,7 @@ def train(cfg: Mapping[str, Any], *, arm: str, stores: Sequence[Path], samples: 
         start, best = int(state["step"]), dict(state["best"])
         set_rng_state(state["rng"])
         log.info("resuming arm %s at step %d of %d", arm, start, max_steps)
-    train_log = CsvLog(run_dir / "train_log.csv", LOG_COLUMNS, resume_step=start)
+    train_log = CsvLog(run_dir / TRAIN_LOG, LOG_COLUMNS, resume_step=start)
 
     stain = StainJitter.from_config(seg["stain_aug"]) if arm_cfg["stain_aug"] else None
     batches = TrainBatches(data.train, data.synthetic, synthetic_fraction=float(seg["synthetic_fraction"]),
@@ -242,9 +249,9 @@ def train(cfg: Mapping[str, Any], *, arm: str, stores: Sequence[Path], samples: 
                                          worker_init_fn=ignore_stop_signals if int(seg["num_workers"]) else None)
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(ckpt_path, {"fingerprint": fp, "step": step, "model": model.state_dict(),
-                                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                    "ema": ema.state_dict() if ema else {}, "best": best})
+        checkpoints.save(step, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else {},
+                                "best": best})
 
     def inference_weights() -> dict[str, torch.Tensor] | None:
         return ema.state_dict() if ema is not None else None
@@ -303,7 +310,7 @@ def train(cfg: Mapping[str, Any], *, arm: str, stores: Sequence[Path], samples: 
             "best_val_dice_per_class": {c: (d if np.isfinite(d) else None) for c, d in zip(classes, best["per_class"])},
             "split": data.split, "ema": bool(seg["ema"]), "seed": seed, "fingerprint": fp,
             "sedm_version": __version__, "train_seconds": round(time.perf_counter() - t0, 1)}
-    save_model_dir(out, meta, {"best": best_weights, "last": last}, {"train_log.csv": run_dir / "train_log.csv"})
+    save_model_dir(out, meta, {"best": best_weights, "last": last}, {TRAIN_LOG: run_dir / TRAIN_LOG})
     log.info("arm %s: best validation macro Dice %s at step %s -> %s", arm, meta["best_val_macro_dice"],
              best["step"], out)
     return 0

@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw
 
 from sedm.atomic import atomic_path, write_text
 from sedm.config import add_config_arguments, load_config
-from sedm.demo.seeds import rng_for
+from sedm.seeds import rng_for
 from sedm.errors import InputError
 from sedm.stain.statistics import mean_tissue_od
 from sedm.synthesis.montage import colorize
@@ -212,7 +212,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sedm.training import resolve_device
+    from sedm.runtime.devices import resolve_device
 
     config = load_config(args.config, runtime=args.runtime)
     device = resolve_device(config["synthesis"]["device"])

@@ -34,9 +34,9 @@ from tqdm import tqdm
 
 from sedm.atomic import atomic_path, write_text
 from sedm.config import load_config, validate_config
-from sedm.demo.seeds import rng_for
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED, unknown_tissue_value
+from sedm.seeds import rng_for
 from sedm.stain.statistics import mean_tissue_od, tissue_pixels
 from sedm.synthesis.generate import Generator, model_sha256
 from sedm.synthesis.styles import IMAGE_SUFFIXES, ImageFolderStyleSource, SlideFileStyleSource, StoreStyleSource, StyleSource
@@ -253,7 +253,7 @@ def stylize(pairs: list[tuple[Path, Path | None]], style: StyleSource, generator
 
 def run(args: argparse.Namespace) -> int:
     from sedm.models.io import read_model_config
-    from sedm.training import resolve_device
+    from sedm.runtime.devices import resolve_device
 
     if not 0.0 < args.strength <= 1.0:
         raise InputError(None, "--strength", f"{args.strength} is outside (0, 1]", "use e.g. 0.6")

@@ -4,7 +4,7 @@ One job per unlabelled slide. Every input is checked (class maps, µm/px, tissue
 count) before the model is loaded; samples are then generated shard by shard into a work folder
 (:mod:`sedm.synthesis.shards`), so a killed job resumes and ends with exactly the bytes an
 uninterrupted one writes. On SIGTERM/SIGUSR1 the job keeps the finished shards and exits with
-75 (:data:`sedm.training.EXIT_REQUEUE`), as the training stages do.
+75 (:data:`sedm.runtime.signals.EXIT_REQUEUE`), as the training stages do.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from tqdm import tqdm
 from sedm import __version__
 from sedm.atomic import write_text
 from sedm.config import add_config_arguments, load_config
-from sedm.demo.seeds import rng_for
 from sedm.errors import InputError
 from sedm.labels import class_values
+from sedm.seeds import rng_for
 from sedm.stain.statistics import HedAccumulator
 from sedm.store import tile_table_path
 from sedm.synthesis.counts import samples_for_slide
@@ -37,9 +37,6 @@ from sedm.synthesis.stats import synthesis_stats
 from sedm.synthesis.styles import StoreStyleSource, StyleSource
 
 log = logging.getLogger(__name__)
-
-RESOURCE_KEYS = ("device", "gpus", "threads", "mem_mb")
-"""Settings that do not change the samples, so changing them keeps a job's finished shards."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +73,7 @@ class Job:
     def seed(self) -> int:
         """synthesis.seed, or the global seed when that is null."""
         seed = self.syn.get("seed")
-        return int(self.config.get("seed", 0) if seed is None else seed)
+        return int(self.config["seed"] if seed is None else seed)
 
 
 def prepare(config: dict[str, Any], model_dir: str | Path, style_store: str | Path, labelled: list[str | Path],
@@ -109,12 +106,12 @@ def synthesis_size(syn: dict[str, Any], mcfg: dict[str, Any]) -> int:
 
 def job_key(job: Job) -> str:
     """Hash of everything that determines the output bytes: config, model weights, inputs."""
-    from sedm.training import fingerprint
+    from sedm.runtime.fingerprint import fingerprint, without_runtime_keys
 
     inputs = [job.styles.store.path, tile_table_path(job.styles.store.path)]
     for s in job.layouts.stores:
         inputs += [s.path, tile_table_path(s.path)]
-    what = {"synthesis": {k: v for k, v in job.syn.items() if k not in RESOURCE_KEYS},
+    what = {"synthesis": without_runtime_keys(job.syn),
             "classes": job.config["classes"], "seed": job.seed, "n_samples": job.n_samples,
             "model_sha256": model_sha256(job.model_dir), "slide": job.styles.slide_id, "sedm": __version__}
     return fingerprint(what, inputs)
@@ -168,7 +165,7 @@ def make_shard(job: Job, generator: Generator, shard: Shard,
 
 def synthesize(job: Job, montage: str | Path, stats_path: str | Path, device: str = "cpu") -> int:
     """Generate (resuming), assemble the store, write montage and statistics. Returns the exit code."""
-    from sedm.training import EXIT_REQUEUE, StopSignals
+    from sedm.runtime.signals import EXIT_REQUEUE, StopSignals
 
     syn = job.syn
     plan = plan_shards(job.n_samples, int(syn["shard_size"]))
@@ -246,7 +243,7 @@ def _fmt(v: float | None) -> str:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.runtime)
     job = prepare(config, args.model, args.style_store, args.labelled, args.out, args.n_samples)
-    from sedm.training import resolve_device
+    from sedm.runtime.devices import resolve_device
 
     if args.threads:
         import torch

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from sedm.config import STAGE_SECTIONS, load_samples, runtime_config, stage_config, validate_config
 from sedm.errors import InputError
+from sedm.evaluation.outputs import OUTPUT_FILES as EVAL_FILES, PER_PATIENT, PER_SLIDE, SUMMARY_JSON
+from sedm.layout import results_paths
 
 try:
     config = validate_config(config, workflow.configfiles[0] if workflow.configfiles else None)
@@ -22,7 +24,6 @@ LABELLED = [s for s in SLIDES if ROLE[s] == "labelled"]
 UNLABELLED = [s for s in SLIDES if ROLE[s] == "unlabelled"]
 TEST = [s for s in SLIDES if ROLE[s] == "test"]
 ARMS = list(config["segmentation"]["arms"])
-EVAL_FILES = ("summary.json", "summary.csv", "per_patient.parquet", "per_patient.csv", "per_slide.parquet", "per_slide.csv")
 ENV = "../../envs/sedm.yaml"
 
 
@@ -31,34 +32,11 @@ wildcard_constraints:
     stage=r"[a-z_]+",
 
 
-class paths:
-    """Every output path of the workflow, so rules never spell one by hand."""
-
-    stage_config = f"{R}/config/{{stage}}.json"
-    demo_slide = f"{config['demo']['out']}/slides/{{slide}}.tiff"
-    demo_annotation = f"{config['demo']['out']}/annotations/{{slide}}.geojson"
-    store = f"{R}/tiles/{{slide}}.zarr"
-    tile_table = f"{R}/tiles/{{slide}}.tiles.parquet"  # written with the store: later rules depend on the store
-    tissue_qc = f"{R}/tiles/{{slide}}.qc.png"
-    tiling_summary = f"{R}/tiles/summary.tsv"
-    diffusion_model = f"{R}/diffusion/model"  # directory: config.json + weights (EMA)
-    diffusion_run = f"{R}/diffusion/run"  # directory: checkpoints, train_log.csv, sample grids
-    style_check = f"{R}/synthesis/style_check.json"
-    style_grid = f"{R}/synthesis/style_grid.png"
-    synthetic = f"{R}/synthesis/{{slide}}.zarr"
-    synthesis_montage = f"{R}/synthesis/{{slide}}.montage.png"
-    synthesis_stats = f"{R}/synthesis/{{slide}}.stats.json"
-    seg_model = f"{R}/segmentation/{{arm}}/model"
-    seg_run = f"{R}/segmentation/{{arm}}/run"
-    prediction = f"{R}/predictions/{{arm}}/{{slide}}.zarr"
-    prediction_overlay = f"{R}/predictions/{{arm}}/{{slide}}.overlay.png"
-    prediction_geojson = f"{R}/predictions/{{arm}}/{{slide}}.geojson"
-    eval_dir = f"{R}/eval"
-    layout_fidelity = f"{R}/eval/layout_fidelity.json"
-    report_html = f"{R}/report/report.html"  # not `report`: Snakemake's parser takes that for its keyword
-    report_figures = f"{R}/report/figures"  # directory: <section>/<name>.png, for snakemake --report
-    log = "logs/{rule}/{name}.log"
-    bench = f"{R}/benchmarks/{{rule}}/{{name}}.tsv"
+# Output paths: the results layout is defined once, in sedm.layout (the report reads by it too).
+paths = results_paths(R)
+paths.demo_slide = f"{config['demo']['out']}/slides/{{slide}}.tiff"
+paths.demo_annotation = f"{config['demo']['out']}/annotations/{{slide}}.geojson"
+paths.log = "logs/{rule}/{name}.log"
 
 
 # Runtime-only settings (sedm.config.RUNTIME_KEYS: threads, memory, device, checkpoint cadence, ...)
@@ -95,7 +73,7 @@ def eval_files(*names):
 
 def final_targets():
     """The report, and everything it summarises; evaluation only when there are test slides."""
-    return [paths.tiling_summary, paths.diffusion_model, paths.report_html] + (eval_files("summary.json") if TEST else [])
+    return [paths.tiling_summary, paths.diffusion_model, paths.report_html] + (eval_files(SUMMARY_JSON) if TEST else [])
 
 
 def report_inputs(wildcards):
@@ -118,5 +96,5 @@ def report_inputs(wildcards):
             inputs["style_check"] = paths.style_check
         inputs["layout_fidelity"] = paths.layout_fidelity
     if TEST:
-        inputs["eval"] = eval_files("summary.json", "per_patient.csv", "per_slide.csv")
+        inputs["eval"] = eval_files(SUMMARY_JSON, f"{PER_PATIENT}.csv", f"{PER_SLIDE}.csv")
     return inputs

@@ -1,5 +1,5 @@
 # The HTML report over everything above, plus its figures as PNGs for `snakemake --report`.
-# The report reads stage outputs by the fixed results layout (sedm/report/layout.py); the inputs
+# The report reads stage outputs by the fixed results layout (sedm/layout.py); the inputs
 # below only make it wait for them. Benchmark files are read too but are no rule's output.
 report: "../report/workflow.rst"
 

@@ -1,7 +1,7 @@
 """Builders shared by the synthesis and stylize tests: tiny stores and a tiny random STEDM model.
 
 The model is randomly initialised (never trained): provenance, resume and reproducibility do not
-depend on image quality. Also runs two sanity tests of the builders themselves.
+depend on image quality.
 """
 
 from __future__ import annotations
@@ -61,31 +61,15 @@ def make_model(path: Path, *, classes: list[str] = CLASSES, mpp: float | None = 
 
     from sedm.models.codec import PixelCodec
     from sedm.models.io import save_model
-    from sedm.models.stedm import StedmConfig, StedmModel
+    from sedm.models.presets import model_config
+    from sedm.models.stedm import StedmModel
 
-    cfg = StedmConfig(classes=list(classes), patch_size=PATCH, style_patch_size=PATCH, block_out_channels=[8, 16],
-                      attention_levels=[False, False], attention_head_dim=8, norm_num_groups=4, style_dim=16,
-                      style_encoder_channels=[8, 16], n_style=2, mpp=mpp, steps=2)
+    cfg = model_config(dict(preset="tiny", patch_size=PATCH, style_patch_size=PATCH, block_out_channels=[8, 16],
+                            attention_levels=[False, False], attention_head_dim=8, norm_num_groups=4, style_dim=16,
+                            style_encoder_channels=[8, 16], n_style=2, steps=2), list(classes), mpp=mpp)
     torch.manual_seed(seed)
     model = StedmModel(cfg)
     model.codec = PixelCodec()
     save_model(model, path)
     return path
 
-
-def test_make_store_is_readable(tmp_path):
-    from sedm.store import SlideStore
-
-    s = SlideStore(make_store(tmp_path / "a.zarr", "a", tissue_tiles={(0, 0)}))
-    t = s.tiles()
-    assert len(t) == 4 and t["tissue_fraction"].max() == 1.0
-    assert s.read_labels(0, 0, 2, 2).max() == 1
-    assert s.read_tissue(70, 70, 1, 1)[0, 0] == 0
-    np.testing.assert_allclose(t[fraction_columns(CLASSES)].sum(axis=1), 1.0)
-
-
-def test_make_model_loads(tmp_path):
-    from sedm.models.io import load_model
-
-    m = load_model(make_model(tmp_path / "m"))
-    assert m.config.classes == CLASSES and m.config.patch_size == PATCH

@@ -1,4 +1,4 @@
-"""Tiny models, configs and stores for the diffusion tests (not a test module)."""
+"""Tiny models, configs and stores for the diffusion tests."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def diffusion_section(**overrides: Any) -> dict[str, Any]:
 
 
 def make_stores(tmp: Path, n: int = 2, size: int = 256, classes: list[str] = CLASSES, tile: int = 64) -> list[Path]:
-    """``n`` toy stores with distinct stain colours (see sedm.data.toy_stores)."""
-    from sedm.data.toy_stores import make_toy_store
+    """``n`` toy stores with distinct stain colours (see builders.toy_stores)."""
+    from builders.toy_stores import make_toy_store
 
     return [make_toy_store(tmp / f"slide{i}.zarr", slide_id=f"slide{i}", size=size, classes=classes,
                            tile_size=tile, style=i, seed=i) for i in range(n)]

@@ -1,4 +1,4 @@
-"""Running the real workflow on the tiny cohort (.test/config.yaml) in a temporary folder (not a test module)."""
+"""Running the real workflow on the tiny cohort (.test/config.yaml) in a temporary folder."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import yaml
 
 from sedm.demo.cohort import cohort_slides, demo_counts, sample_sheet, sample_sheet_text
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def snakemake_cmd(workdir: Path, *args: str) -> list[str]:

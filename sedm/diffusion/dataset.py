@@ -17,7 +17,7 @@ One sample (all read at the stores' µm/px, level 0):
 4. Augmentation: one random rot90 + flip applied to image and layout together; each style patch gets
    its own.
 
-Every random choice of sample ``i`` comes from ``np.random.default_rng([seed, i])``: a sample depends
+Every random choice of sample ``i`` comes from ``sedm.seeds.index_rng(seed, i)``: a sample depends
 only on (seed, index), not on the worker that makes it or on what was drawn before. Training is thus
 deterministic for any number of DataLoader workers or DDP ranks, and resuming needs nothing but the
 step (:class:`StepSampler` maps steps to sample indices). Stores are opened lazily in each worker.
@@ -38,6 +38,7 @@ from torch.utils.data import Dataset, Sampler
 
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED, n_layout_channels, one_hot, unknown_tissue_value
+from sedm.seeds import index_rng
 from sedm.stain.jitter import StainJitter
 from sedm.store import SlideStore, fraction_columns, open_checked, tile_table_path
 
@@ -275,7 +276,7 @@ class DiffusionPatchDataset(Dataset):
         return out
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        rng = np.random.default_rng([self.seed, int(index)])
+        rng = index_rng(self.seed, index)
         unlabelled = rng.random() < self.unlabelled_fraction
         slide, y0, x0 = self._content_unlabelled(rng) if unlabelled else self._content_labelled(rng)
         p, s = self.patch_size, self.style_patch_size

@@ -1,1 +1,0 @@
-"""Datasets that read patches from the per-slide Zarr stores (``sedm.store``)."""
