@@ -31,7 +31,7 @@ def model():
 def _cond(model, b=2):
     torch.manual_seed(1)
     x = torch.randn(b, 3, 32, 32)
-    layout = torch.from_numpy(one_hot(_batch(b)[0], 3))
+    layout = torch.from_numpy(one_hot(_batch(b)[0], model.config.n_layout))
     style = model.encode_style(torch.rand(b, 2, 3, 32, 32) * 2 - 1)
     # make the null branch clearly different from the conditional one
     null = model.null_condition(b, 2)
