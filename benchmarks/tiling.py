@@ -150,25 +150,25 @@ def child(args: argparse.Namespace) -> None:
     import importlib
 
     # modules tile_slide imports on first use: interpreter start-up, not tiling
-    for name in ("sedm.annotations", "sedm.slides", "sedm.tissue", "openslide", "tiffslide", "tifffile",
-                 "imagecodecs", "PIL.PngImagePlugin", "pyarrow.pandas_compat"):
+    for name in ("sedm.tiling.annotations", "sedm.tiling.slides", "sedm.tiling.tissue", "openslide", "tiffslide",
+                 "tifffile", "imagecodecs", "PIL.PngImagePlugin", "pyarrow.pandas_compat"):
         try:
             importlib.import_module(name)
         except ImportError:  # an optional backend
             pass
     from sedm.config import validate_config
-    from sedm.tiling import tile_slide
+    from sedm.tiling.command import tile_slide
 
     config = validate_config({"classes": ["tumour", "stroma", "necrosis"],
                               "tiling": {"mpp": args.target_mpp, "tile_size": args.tile, "threads": args.threads,
                                          "pyramid_levels": 3}})
     if args.compressor != "store":  # what-if: another chunk codec (the store layout is otherwise unchanged)
-        import sedm.store
+        import sedm.tiling.store
         from zarr.codecs import BloscCodec, BloscShuffle
 
         cname, shuffle = args.compressor.split("-")
         codec = BloscCodec(cname=cname, clevel=1 if cname == "zstd" else 5, shuffle=BloscShuffle[shuffle])
-        sedm.store.compressor = lambda: codec
+        sedm.tiling.store.compressor = lambda: codec
     out = Path(args.child_out)
     t0 = time.perf_counter()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -273,7 +273,7 @@ def decode_write(slide: Path, level: int, out: Path, tiles_per_file: int = 32) -
 
 
 def _write_file(path: Path, pieces: list[bytes]) -> None:
-    """One write per piece, as sedm.zarr_shards does (one huge write costs more kernel time)."""
+    """One write per piece, as sedm.tiling.shards does (one huge write costs more kernel time)."""
     with open(path, "wb", buffering=0) as fh:
         for piece in pieces:
             fh.write(piece)
@@ -281,7 +281,7 @@ def _write_file(path: Path, pieces: list[bytes]) -> None:
 
 def store_read(store: Path, n: int = 500, seed: int = 0) -> float:
     """Random tissue tiles read through ``SlideStore.read_image`` (level 0), one thread; tiles/s."""
-    from sedm.store import SlideStore
+    from sedm.tiling.store import SlideStore
 
     st = SlideStore(store)
     table = st.tiles()

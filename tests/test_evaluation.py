@@ -18,7 +18,7 @@ from sedm.errors import InputError
 from sedm.evaluation.evaluate import OUTPUT_FILES, evaluate, parse_predictions
 from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
 from sedm.evaluation.stats import bootstrap_ci, describe, paired_comparison, wilcoxon_p
-from sedm.store import create_store
+from sedm.tiling.store import create_store
 
 CLASSES = ["a", "b", "c"]
 

@@ -19,7 +19,7 @@ from sedm.segmentation.data import (RealTiles, SyntheticSet, TrainBatches, annot
                                     split_tiles)
 from sedm.segmentation.loss import masked_ce_dice
 from sedm.segmentation.train import train
-from sedm.store import SlideStore
+from sedm.tiling.store import SlideStore
 from sedm.training import EXIT_REQUEUE
 
 

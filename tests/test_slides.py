@@ -10,7 +10,7 @@ import tifffile
 
 from sedm.demo.tiff import write_pyramidal_tiff
 from sedm.errors import InputError
-from sedm.slides import _rgb_on_white, open_slide, tiff_resolution_mpp
+from sedm.tiling.slides import _rgb_on_white, open_slide, tiff_resolution_mpp
 
 MPP = 0.5
 # Backends decode the same JPEG tiles; openslide interpolates sub-pixel origins when downsamples are
@@ -163,11 +163,11 @@ def test_missing_mpp_needs_override(tmp_path, backend):
 
 
 def test_file_mpp_beats_override(slide_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="sedm.slides"), open_slide(slide_path, mpp_override=0.25) as s:
+    with caplog.at_level(logging.WARNING, logger="sedm.tiling.slides"), open_slide(slide_path, mpp_override=0.25) as s:
         assert s.mpp == pytest.approx(MPP)
     assert "mpp_override" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="sedm.slides"), open_slide(slide_path, mpp_override=0.501):
+    with caplog.at_level(logging.WARNING, logger="sedm.tiling.slides"), open_slide(slide_path, mpp_override=0.501):
         pass
     assert caplog.text == ""  # within 1 %: no warning
 

@@ -16,7 +16,7 @@ from PIL import Image
 from sedm.cli import main
 from sedm.config import validate_config
 from sedm.errors import InputError
-from sedm.store import SlideStore
+from sedm.tiling.store import SlideStore
 from sedm.synthesis import synthesize as synth_mod
 from sedm.synthesis.layouts import Augmentation, LayoutSampler, augmented_window, class_probabilities
 from sedm.synthesis.counts import samples_for_slide

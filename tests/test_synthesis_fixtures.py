@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sedm.store import TILE_COLUMNS, create_store, fraction_columns, tile_table_path
+from sedm.tiling.store import TILE_COLUMNS, create_store, fraction_columns, tile_table_path
 
 CLASSES = ["tumour", "stroma"]
 MPP = 1.0
@@ -74,7 +74,7 @@ def make_model(path: Path, *, classes: list[str] = CLASSES, mpp: float | None = 
 
 
 def test_make_store_is_readable(tmp_path):
-    from sedm.store import SlideStore
+    from sedm.tiling.store import SlideStore
 
     s = SlideStore(make_store(tmp_path / "a.zarr", "a", tissue_tiles={(0, 0)}))
     t = s.tiles()

@@ -17,17 +17,17 @@ import pandas as pd
 import pytest
 import zarr
 
-from sedm.annotations import load_geojson, rasterize
 from sedm.cli import main
 from sedm.config import validate_config
 from sedm.demo.tiff import write_pyramidal_tiff
-from sedm.slides import open_slide
-from sedm.store import TILE_COLUMNS, SlideStore, fraction_columns, tile_table_path
-from sedm import store as store_module
-from sedm import tiling
-from sedm.tiling import (Block, Grid, TissueBand, _run_bounded, nearest_index, shard_blocks, tile_slide,
-                         tile_tissue_counts, with_tissue_bands)
-from sedm.zarr_shards import ShardWriter, read_shard_index
+from sedm.tiling import command as tiling
+from sedm.tiling import store as store_module
+from sedm.tiling.annotations import load_geojson, rasterize
+from sedm.tiling.command import (Block, Grid, TissueBand, _run_bounded, nearest_index, shard_blocks, tile_slide,
+                                 tile_tissue_counts, with_tissue_bands)
+from sedm.tiling.shards import ShardWriter, read_shard_index
+from sedm.tiling.slides import open_slide
+from sedm.tiling.store import TILE_COLUMNS, SlideStore, fraction_columns, tile_table_path
 
 CLASSES = ["tumour", "stroma", "necrosis"]
 W0, H0, MPP0 = 1100, 1000, 0.5
@@ -93,7 +93,7 @@ def _stored(store: Path, name: str) -> tuple[set[tuple[int, int]], set[tuple[int
     arr = zarr.open_array(str(store / name), mode="r")
     per = [s // c for s, c in zip(arr.shards, arr.chunks)]
     cells, shards = set(), set()
-    for f in (store / name).glob("c.*"):  # chunk keys c.<i>.<j>... (sedm.store.CHUNK_KEYS)
+    for f in (store / name).glob("c.*"):  # chunk keys c.<i>.<j>... (sedm.tiling.store.CHUNK_KEYS)
         key = tuple(int(v) for v in f.name.split(".")[1:])
         shards.add(key[-2:])
         index = read_shard_index(f, math.prod(per))
@@ -285,7 +285,7 @@ def test_resampled_target_matches_slide_read(inputs, tmp_path):
 
 
 def test_empty_tissue_gives_empty_outputs(inputs, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="sedm.tiling"):
+    with caplog.at_level(logging.WARNING, logger="sedm.tiling.command"):
         result = _run(tmp_path, inputs["glass"], None)
     assert any("no tile has tissue" in r.message for r in caplog.records)
     table = pd.read_parquet(tmp_path / "s1.tiles.parquet")
@@ -347,7 +347,7 @@ def test_rerun_is_identical(tiled, inputs, tmp_path):
 
 
 def test_shard_writer_bytes_equal_zarr(tmp_path):
-    from sedm.store import create_store
+    from sedm.tiling.store import create_store
 
     def store(name: str):
         return create_store(tmp_path / name, slide_id="a", height=64, width=128, mpp=1.0, tile_size=32, levels=1,
@@ -383,7 +383,7 @@ def test_shard_writer_bytes_equal_zarr(tmp_path):
 
 
 def test_unpacked_chunks_are_blosc_frames_every_reader_decodes(tmp_path):
-    from sedm.store import create_store
+    from sedm.tiling.store import create_store
 
     root = create_store(tmp_path / "a.zarr", slide_id="a", height=32, width=64, mpp=1.0, tile_size=32, levels=1,
                         classes=CLASSES, provenance={}, shard_tiles=2)
@@ -407,7 +407,7 @@ def test_unpacked_chunks_are_blosc_frames_every_reader_decodes(tmp_path):
 def test_short_writes_are_completed(tmp_path, monkeypatch):
     import os
 
-    from sedm import zarr_shards
+    from sedm.tiling import shards as zarr_shards
 
     real = os.write  # short writes: at most 5 bytes of what was asked for, as a signal may cause
     monkeypatch.setattr(zarr_shards.os, "writev", lambda fd, views: real(fd, b"".join(map(bytes, views))[:5]))

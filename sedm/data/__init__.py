@@ -1,1 +1,1 @@
-"""Datasets that read patches from the per-slide Zarr stores (``sedm.store``)."""
+"""Datasets that read patches from the per-slide Zarr stores (``sedm.tiling.store``)."""

@@ -55,7 +55,7 @@ from sedm.models.presets import model_config
 from sedm.models.stedm import StedmModel, count_parameters
 from sedm.models.style_encoder import load_encoder_weights
 from sedm.stain_jitter import StainJitter
-from sedm.store import SlideStore
+from sedm.tiling.store import SlideStore
 from sedm.training import EXIT_REQUEUE, CsvLog, StopSignals, autocast, set_rng_state, warmup_cosine
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from sedm.config import load_config, load_samples
 from sedm.errors import InputError
 from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
 from sedm.evaluation.stats import describe, paired_comparison
-from sedm.store import SlideStore, open_checked
+from sedm.tiling.store import SlideStore, open_checked
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import zarr
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED
 from sedm.stain_jitter import StainJitter
-from sedm.store import IMAGE_FILL, SlideStore
+from sedm.tiling.store import IMAGE_FILL, SlideStore
 
 log = logging.getLogger(__name__)
 

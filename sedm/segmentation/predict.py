@@ -43,7 +43,7 @@ from sedm.errors import InputError
 from sedm.labels import UNANNOTATED, class_values
 from sedm.segmentation.data import same_mpp
 from sedm.segmentation.model import load_model, read_meta, to_input
-from sedm.store import SlideStore, compressor
+from sedm.tiling.store import SlideStore, compressor
 from sedm.training import autocast, resolve_device
 
 log = logging.getLogger(__name__)

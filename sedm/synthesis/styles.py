@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sedm.errors import InputError
-from sedm.store import SlideStore
+from sedm.tiling.store import SlideStore
 from sedm.synthesis.windows import window_in_tile
 
 log = logging.getLogger(__name__)
@@ -87,12 +87,12 @@ class SlideFileStyleSource(StyleSource):
     """Random tissue patches of a raw slide file, read at the model's µm/px (``sedm stylize``).
 
     Candidate patches are the cells of a grid of ``size`` px at the model's µm/px whose tissue
-    fraction on the tissue mask (sedm.tissue) reaches ``min_tissue_fraction``.
+    fraction on the tissue mask (sedm.tiling.tissue) reaches ``min_tissue_fraction``.
     """
 
     def __init__(self, path: str | Path, *, size: int, mpp: float, min_tissue_fraction: float,
                  slides_cfg: dict | None = None, tissue_cfg: dict | None = None) -> None:
-        from sedm.slides import open_slide
+        from sedm.tiling.slides import open_slide
 
         slides_cfg = slides_cfg or {}
         self.path = Path(path)
@@ -125,8 +125,8 @@ class SlideFileStyleSource(StyleSource):
 
 
 def _tissue_mask(reader, tissue_cfg: dict) -> tuple[np.ndarray, float]:
-    """Boolean tissue mask of the whole slide (sedm.tissue, as tiling uses) and its µm/px."""
-    from sedm.tissue import detect_tissue
+    """Boolean tissue mask of the whole slide (sedm.tiling.tissue, as tiling uses) and its µm/px."""
+    from sedm.tiling.tissue import detect_tissue
 
     thumb_mpp = float(tissue_cfg.get("thumbnail_mpp", 8.0))
     sizes = {k: float(tissue_cfg[k]) for k in ("min_object_um2", "min_hole_um2") if k in tissue_cfg}

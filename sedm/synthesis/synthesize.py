@@ -26,7 +26,7 @@ from sedm.config import add_config_arguments, load_config
 from sedm.demo.seeds import rng_for
 from sedm.errors import InputError
 from sedm.labels import class_values
-from sedm.store import tile_table_path
+from sedm.tiling.store import tile_table_path
 from sedm.synthesis.counts import samples_for_slide
 from sedm.synthesis.generate import Generator, check_model, model_sha256
 from sedm.synthesis.layouts import LayoutSampler
@@ -100,7 +100,7 @@ def _model_mpp(mcfg: dict, store: str | Path) -> float:
     """The model's µm/px; models without one are taken to match the stores they are used with."""
     if mcfg.get("mpp"):
         return float(mcfg["mpp"])
-    from sedm.store import SlideStore
+    from sedm.tiling.store import SlideStore
 
     return SlideStore(Path(store)).mpp
 

@@ -39,7 +39,7 @@ from sedm.labels import class_values
 IMAGE_FILL = 255  # glass
 SHARD_TILES = 128
 """Most tiles per shard (along x, within one tile row). Shards are written tile by tile
-(:class:`sedm.zarr_shards.Shard`), so their size costs no memory; larger shards mean fewer files
+(:class:`sedm.tiling.shards.Shard`), so their size costs no memory; larger shards mean fewer files
 (creating one costs ~0.5-0.9 ms on ext4, several times that after many deletions on a file system
 without journal) and a shard is also the unit of work, so a wide slide still gives every thread
 many of them."""

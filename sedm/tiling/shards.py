@@ -52,7 +52,7 @@ class ShardWriter:
     Chunks the caller knows will not pack can be stored unpacked: in the Blosc frame Blosc itself
     writes for data it cannot compress (flagged "memcpyed"; every Blosc reader decodes it), minus
     the failed attempt. Pixels of whole tissue tiles are such data: JPEG-decoded texture gains ~3 %
-    from lz4, for ~0.1 ms per 256 px RGB tile (:func:`sedm.store.compressor`).
+    from lz4, for ~0.1 ms per 256 px RGB tile (:func:`sedm.tiling.store.compressor`).
     """
 
     def __init__(self, array: zarr.Array, store_root: Path | None) -> None:

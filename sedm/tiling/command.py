@@ -1,4 +1,4 @@
-"""``sedm tile``: one slide -> a Zarr v3 store (sedm.store layout) plus its tile table.
+"""``sedm tile``: one slide -> a Zarr v3 store (sedm.tiling.store layout) plus its tile table.
 
 Why it is built the way it is:
 
@@ -8,9 +8,9 @@ Why it is built the way it is:
   (nearest upsampling), so the table, the stored tissue mask and the tile selection agree.
 * The store is padded to whole tiles: every listed tile reads back as a full ``tile_size`` square
   (padding is glass: white, unannotated, no tissue), and each tile owns exactly one chunk per array.
-* A unit of work is one shard (up to :data:`sedm.store.SHARD_TILES` tiles of a tile row): its
+* A unit of work is one shard (up to :data:`sedm.tiling.store.SHARD_TILES` tiles of a tile row): its
   worker decodes the shard's tissue tiles one by one, builds each tile's pyramid and appends every
-  level to its shard file at once (:class:`sedm.zarr_shards.Shard`), so it holds one tile at a
+  level to its shard file at once (:class:`sedm.tiling.shards.Shard`), so it holds one tile at a
   time, then writes the shard's labels. One writer per shard (zarr-python #3682 loses data
   otherwise), few files (file creation cost more than encoding with one file per tile), and no
   zarr per-call overhead (~250 chunks/s through ``array[...] =``). The tissue mask, known from the
@@ -33,7 +33,7 @@ Where the time goes (benchmarks/tiling.py, 256 px JPEG tiles, target = a stored 
 20480² slide, 2-core dev VM): 0.85-1.0 ms CPU per tissue tile in one worker, of which JPEG decode
 ~0.42 ms (the whole of "raw decode"), transpose + 2x2 pyramid ~0.15 ms (numpy), file writes
 ~0.13 ms (kernel page-cache copies), the rest interpreter work. Writes go out chunk by chunk
-(:mod:`sedm.zarr_shards`): one large write per shard cost 3-10x the kernel time there.
+(:mod:`sedm.tiling.shards`): one large write per shard cost 3-10x the kernel time there.
 Annotated slides add ``rasterize`` (1.4-2.3 ms per 128-256 px demo tile).
 """
 
@@ -65,8 +65,8 @@ from tqdm import tqdm
 from sedm.atomic import atomic_path, write_bytes
 from sedm.config import load_config
 from sedm.errors import InputError
-from sedm.store import IMAGE_FILL, TILE_COLUMNS, create_store, fraction_columns
-from sedm.zarr_shards import ShardWriter
+from sedm.tiling.store import IMAGE_FILL, TILE_COLUMNS, create_store, fraction_columns
+from sedm.tiling.shards import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class SlideTiles:
     (backends keep per-handle caches and state; separate handles keep threads independent)."""
 
     def __init__(self, path: Path, backend: str, mpp_override: float | None, target_mpp: float) -> None:
-        from sedm.slides import open_slide
+        from sedm.tiling.slides import open_slide
 
         self._open = lambda: open_slide(path, backend=backend, mpp_override=mpp_override)
         self.target_mpp = target_mpp
@@ -296,8 +296,8 @@ class TiffLevelTiles:
 
 def matching_level(slide: Any, target_mpp: float) -> int | None:
     """The pyramid level the slide reader returns unresampled for ``target_mpp`` (its µm/px equals
-    the target within :data:`sedm.slides.MPP_RTOL`), or None when reads are resampled."""
-    from sedm.slides import MPP_RTOL
+    the target within :data:`sedm.tiling.slides.MPP_RTOL`), or None when reads are resampled."""
+    from sedm.tiling.slides import MPP_RTOL
 
     level = slide.best_level(target_mpp)
     return level if abs(slide.level_mpp(level) - target_mpp) <= MPP_RTOL * target_mpp else None
@@ -500,7 +500,7 @@ def keep_freed_memory() -> bool:
 def tile_slide(slide_path: str | Path, *, slide_id: str, config: dict[str, Any], out: str | Path,
                table: str | Path, qc: str | Path, annotation: str | Path | None = None,
                threads: int | None = None, progress: bool = True, processes: bool | None = None) -> TilingResult:
-    """Tile one slide into ``out`` (Zarr v3, sedm.store layout), ``table`` (parquet) and ``qc`` (PNG).
+    """Tile one slide into ``out`` (Zarr v3, sedm.tiling.store layout), ``table`` (parquet) and ``qc`` (PNG).
 
     ``config`` is a validated sedm config (sections classes, slides, tissue, tiling). ``processes``:
     whether the ``threads`` workers are forked processes; None (default) picks them where they are
@@ -508,7 +508,7 @@ def tile_slide(slide_path: str | Path, *, slide_id: str, config: dict[str, Any],
     library handle in the workers) and every shard written directly.
     Raises :class:`InputError` before any output exists if an input is unusable.
     """
-    from sedm.slides import open_slide
+    from sedm.tiling.slides import open_slide
 
     keep_freed_memory()
     classes = list(config["classes"])
@@ -530,7 +530,7 @@ def tile_slide(slide_path: str | Path, *, slide_id: str, config: dict[str, Any],
         raise InputError(None, "--threads", f"{threads} threads", "use at least 1")
     annotations: list = []
     if annotation is not None:
-        from sedm.annotations import load_geojson
+        from sedm.tiling.annotations import load_geojson
 
         annotation = Path(annotation)
         annotations = list(load_geojson(annotation, classes))
@@ -549,7 +549,7 @@ def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: li
                      annotation: Path | None, target_mpp: float, tile_size: int, levels: int,
                      min_fraction: float, threads: int, thumb_mpp: float, tcfg: dict, scfg: dict,
                      out: Path, table: Path, qc: Path, progress: bool, processes: bool | None) -> TilingResult:
-    from sedm.tissue import detect_tissue, tissue_qc_png
+    from sedm.tiling.tissue import detect_tissue, tissue_qc_png
 
     source_mpp = float(slide.mpp)
     level = matching_level(slide, target_mpp)
@@ -675,7 +675,7 @@ class BlockTiler:
         self.writers, self.ann_writer, self.tissue_writer = writers, ann_writer, tissue_writer
         self.index = None
         if annotations:
-            from sedm.annotations import AnnotationIndex
+            from sedm.tiling.annotations import AnnotationIndex
 
             self.index = AnnotationIndex(list(annotations), classes)  # built once, shared read-only
         t = grid.tile_size
@@ -742,7 +742,7 @@ class BlockTiler:
         (a few pixels per slide would depend on the shard size)."""
         if self.index is None:
             return [self.no_label_counts] * len(block.cols)
-        from sedm.annotations import rasterize
+        from sedm.tiling.annotations import rasterize
 
         t = self.grid.tile_size
         chunks, counts = {}, []
