@@ -14,7 +14,8 @@ import pandas as pd
 import zarr
 from scipy import ndimage
 
-from sedm.tiling.store import TILE_COLUMNS, create_store, fraction_columns, tile_table_path
+from sedm.tiling.store import create_store
+from sedm.tiling.table import TILE_COLUMNS, fraction_columns, tile_table_path
 
 CLASSES = ["tumour", "stroma", "necrosis"]
 CLASS_RGB = np.array([[255, 255, 255], [170, 40, 110], [235, 160, 200], [110, 60, 170]], np.float32)

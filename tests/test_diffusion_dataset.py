@@ -12,7 +12,8 @@ from sedm.data.diffusion_dataset import DiffusionPatchDataset, StepSampler
 from sedm.data.toy_stores import make_toy_store
 from sedm.errors import InputError
 from sedm.stain_jitter import StainJitter
-from sedm.tiling.store import SlideStore, create_store, fraction_columns, tile_table_path
+from sedm.tiling.store import SlideStore, create_store
+from sedm.tiling.table import fraction_columns, tile_table_path
 
 
 @pytest.fixture(scope="module")

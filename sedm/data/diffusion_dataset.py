@@ -35,7 +35,8 @@ from torch.utils.data import Dataset, Sampler
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED, n_layout_channels, one_hot
 from sedm.stain_jitter import StainJitter
-from sedm.tiling.store import SlideStore, fraction_columns, open_checked, tile_table_path
+from sedm.tiling.store import SlideStore, open_checked
+from sedm.tiling.table import fraction_columns, tile_table_path
 
 STYLE_SAMPLING = ("multi", "nearby")
 DEFAULT_UNANNOTATED_WEIGHT = 0.25

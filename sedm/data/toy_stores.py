@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from sedm.tiling.store import create_store, fraction_columns, tile_table_path
+from sedm.tiling.store import create_store
+from sedm.tiling.table import fraction_columns, tile_table_path
 
 # per style: RGB of glass-free background tissue, then one colour per class (cycled)
 _PALETTES = [

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sedm.config import RUNTIME_KEYS
-from sedm.tiling.store import tile_table_path
+from sedm.tiling.table import tile_table_path
 from sedm.training import fingerprint, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,8 @@ from sedm.segmentation.loss import masked_ce_dice
 from sedm.segmentation.model import (architecture, build_model, divisor, load_init_weights, save_model_dir,
                                      to_input)
 from sedm.stain_jitter import StainJitter
-from sedm.tiling.store import SlideStore, open_checked, tile_table_path
+from sedm.tiling.store import SlideStore, open_checked
+from sedm.tiling.table import tile_table_path
 from sedm.training import (CHECKPOINT_NAME, EMA, EXIT_REQUEUE, CsvLog, StopSignals, autocast, fingerprint,
                            ignore_stop_signals, load_checkpoint, resolve_device, save_checkpoint, seed_everything,
                            set_rng_state, swapped_weights, warmup_cosine)

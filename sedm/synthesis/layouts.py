@@ -23,7 +23,8 @@ from scipy import ndimage
 
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED
-from sedm.tiling.store import SlideStore, fraction_columns, tile_table_path
+from sedm.tiling.store import SlideStore
+from sedm.tiling.table import fraction_columns, tile_table_path
 from sedm.synthesis.windows import read_padded, window_in_tile
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from sedm.config import add_config_arguments, load_config
 from sedm.demo.seeds import rng_for
 from sedm.errors import InputError
 from sedm.labels import class_values
-from sedm.tiling.store import tile_table_path
+from sedm.tiling.table import tile_table_path
 from sedm.synthesis.counts import samples_for_slide
 from sedm.synthesis.generate import Generator, check_model, model_sha256
 from sedm.synthesis.layouts import LayoutSampler

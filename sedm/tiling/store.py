@@ -35,6 +35,7 @@ from zarr.codecs import BloscCodec, BloscShuffle
 from sedm import __version__
 from sedm.errors import InputError
 from sedm.labels import class_values
+from sedm.tiling.table import tile_table_path
 
 IMAGE_FILL = 255  # glass
 SHARD_TILES = 128
@@ -51,10 +52,6 @@ TISSUE_SHARD_CHUNKS = 1024
 :func:`tissue_shard_rows` rows): nearly every chunk is constant (all tissue) and packs to a few
 bytes, so a band costs one file where shards like the image's cost one per 32 tiles: ~5-8 % of
 tiling time on a 20k² slide. The bound keeps the shard index (16 bytes per chunk, read with every chunk) small."""
-TILE_COLUMNS = ("slide_id", "row", "col", "y", "x", "tissue_fraction")
-"""Fixed tile-table columns; then ``frac_unannotated`` and ``frac_<class>`` per class (they sum to 1).
-``y``/``x`` are the tile's top-left pixel at the store's µm/px; ``row``/``col`` its chunk index."""
-
 CHUNK_KEYS = {"name": "default", "separator": "."}
 """Shard files are named ``c.0.<row>.<col>`` side by side in one folder per array, not nested
 ``c/0/<row>/<col>``: each new folder is an inode the file system places apart (ext4 spreads
@@ -98,16 +95,6 @@ def compressor() -> BloscCodec:
 def tissue_shard_rows(rows: int, cols: int) -> int:
     """Tile rows per shard of the tissue mask of a ``rows`` x ``cols`` tile grid."""
     return max(1, min(rows, TISSUE_SHARD_CHUNKS // max(1, cols)))
-
-
-def tile_table_path(store_path: str | Path) -> Path:
-    """``<slide>.zarr`` -> ``<slide>.tiles.parquet`` (same folder)."""
-    store_path = Path(store_path)
-    return store_path.with_name(store_path.name.removesuffix(".zarr") + ".tiles.parquet")
-
-
-def fraction_columns(classes: list[str]) -> list[str]:
-    return ["frac_unannotated"] + [f"frac_{c}" for c in classes]
 
 
 def _scale(mpp: float, level: int, channel: bool) -> dict:
