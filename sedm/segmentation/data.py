@@ -23,17 +23,10 @@ import zarr
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED
 from sedm.stain_jitter import StainJitter
+from sedm.tiling.slides import same_mpp
 from sedm.tiling.store import IMAGE_FILL, SlideStore
 
 log = logging.getLogger(__name__)
-
-MPP_RTOL = 1e-3
-"""Relative tolerance when two µm/px values must be equal (stores vs synthetic data vs model)."""
-
-
-def same_mpp(a: float, b: float) -> bool:
-    return abs(a - b) <= MPP_RTOL * max(a, b)
-
 
 # ---------------------------------------------------------------------------------------- splits
 def split_by_patient(slides: Sequence[str], patient_of: Mapping[str, str], val_patients: int,

@@ -41,8 +41,8 @@ from sedm.atomic import atomic_path, write_text
 from sedm.config import add_config_arguments, load_config
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED, class_values
-from sedm.segmentation.data import same_mpp
 from sedm.segmentation.model import load_model, read_meta, to_input
+from sedm.tiling.slides import same_mpp
 from sedm.tiling.store import SlideStore, compressor
 from sedm.training import autocast, resolve_device
 

@@ -31,12 +31,13 @@ from sedm.atomic import atomic_path
 from sedm.config import RUNTIME_KEYS, add_config_arguments, load_config, load_samples
 from sedm.errors import InputError
 from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
-from sedm.segmentation.data import (RealTiles, SyntheticSet, TrainBatches, annotated_tiles, same_mpp,
-                                    split_by_patient, split_tiles)
+from sedm.segmentation.data import (RealTiles, SyntheticSet, TrainBatches, annotated_tiles, split_by_patient,
+                                    split_tiles)
 from sedm.segmentation.loss import masked_ce_dice
 from sedm.segmentation.model import (architecture, build_model, divisor, load_init_weights, save_model_dir,
                                      to_input)
 from sedm.stain_jitter import StainJitter
+from sedm.tiling.slides import same_mpp
 from sedm.tiling.store import SlideStore, open_checked
 from sedm.tiling.table import tile_table_path
 from sedm.training import (CHECKPOINT_NAME, EMA, EXIT_REQUEUE, CsvLog, StopSignals, autocast, fingerprint,

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from sedm.errors import InputError
-from sedm.tiling.store import SlideStore
 from sedm.synthesis.windows import window_in_tile
+from sedm.tiling.slides import same_mpp
+from sedm.tiling.store import SlideStore
 
 log = logging.getLogger(__name__)
 
-MPP_RTOL = 0.01
 CROP_TRIES = 8
 """Crops tried per style patch to find one with enough tissue before taking the last one."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -52,7 +52,7 @@ class StoreStyleSource(StyleSource):
         self.store = SlideStore(Path(path))
         self.slide_id = self.store.slide_id
         self.size = int(size)
-        if abs(self.store.mpp - mpp) > MPP_RTOL * mpp:
+        if not same_mpp(self.store.mpp, mpp):
             raise InputError(self.store.path, "mpp", f"store is at {self.store.mpp:g} µm/px, the model at {mpp:g}",
                              "tile the style slide at the µm/px the diffusion model was trained at (tiling.mpp)")
         if min(self.store.shape) < self.size:

@@ -36,15 +36,17 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "openslide", "tiffslide")
 MPP_RTOL = 0.01
-"""Two µm/px closer than this (relative) count as equal: level choice, fast path, override check."""
+"""Two µm/px closer than this (relative) count as equal, in every stage (:func:`same_mpp`): level
+choice, the direct TIFF path, the override check, and stores vs models vs synthetic data."""
 PLAUSIBLE_MPP = (0.01, 50.0)
 """Level-0 µm/px a scanner can produce; values outside are print-resolution defaults, not metadata."""
 _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 _MPP_FIX = "set slides.mpp_override in the config"
 
 
-def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= MPP_RTOL * b
+def same_mpp(a: float, b: float) -> bool:
+    """Whether two µm/px count as the same resolution (within :data:`MPP_RTOL` of the larger)."""
+    return abs(a - b) <= MPP_RTOL * max(a, b)
 
 
 class SlideReader(ABC):
@@ -91,7 +93,7 @@ class SlideReader(ABC):
             raise ValueError(f"read needs a positive size and µm/px, got {width}x{height} at {mpp}")
         level = self.best_level(mpp)
         f = mpp / self.level_mpp(level)  # level pixels per output pixel
-        if _close(mpp, self.level_mpp(level)):
+        if same_mpp(mpp, self.level_mpp(level)):
             return self._read_padded(level, x, y, width, height)
         box = (x * f, y * f, (x + width) * f, (y + height) * f)
         x0, y0 = math.floor(box[0]) - 1, math.floor(box[1]) - 1  # 1 px margin for the bilinear support
@@ -254,9 +256,9 @@ def _settle_mpp(path: Path, reader: SlideReader, override: float | None) -> tupl
         log.warning("%s: ignoring implausible µm/px %g from %s", path, value, src)
     if found is not None:
         mpp_y = props.get(f"{key}-y")
-        if source.endswith("-x") and mpp_y is not None and not _close(float(mpp_y), found):
+        if source.endswith("-x") and mpp_y is not None and not same_mpp(float(mpp_y), found):
             log.warning("%s: pixels are not square (%g x %g µm); using %g", path, found, float(mpp_y), found)
-        if override is not None and not _close(override, found):
+        if override is not None and not same_mpp(override, found):
             log.warning("%s: slides.mpp_override %g differs from the file's %g µm/px (%s); the file's value "
                         "is used, the override only applies to files without one", path, override, found, source)
         return found, source
@@ -420,7 +422,7 @@ def matching_level(slide: Any, target_mpp: float) -> int | None:
     """The pyramid level the slide reader returns unresampled for ``target_mpp`` (its µm/px equals
     the target within :data:`sedm.tiling.slides.MPP_RTOL`), or None when reads are resampled."""
     level = slide.best_level(target_mpp)
-    return level if abs(slide.level_mpp(level) - target_mpp) <= MPP_RTOL * target_mpp else None
+    return level if same_mpp(slide.level_mpp(level), target_mpp) else None
 
 
 def tile_reader(slide: Any, slide_path: Path, scfg: dict, target_mpp: float, level: int | None,
