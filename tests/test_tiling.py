@@ -554,3 +554,11 @@ def test_corrupt_tile_is_input_error_without_output(inputs, tmp_path, capsys):
                "--out", str(out / "s1.zarr"), "--table", str(out / "s1.tiles.parquet"), "--qc", str(out / "s1.qc.png")])
     assert rc == 2 and "damaged" in capsys.readouterr().err
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_store_label_colours_are_the_palette(tiled):
+    from sedm.labels import class_rgb
+
+    path, _ = tiled
+    colors = zarr.open_group(str(path / "labels" / "annotation"), mode="r").attrs["ome"]["image-label"]["colors"]
+    assert [(c["label-value"], c["rgba"]) for c in colors] == [(v, [*class_rgb(v), 255]) for v in (1, 2, 3)]

@@ -34,7 +34,7 @@ from zarr.codecs import BloscCodec, BloscShuffle
 
 from sedm import __version__
 from sedm.errors import InputError
-from sedm.labels import class_values
+from sedm.labels import class_rgb, class_values
 from sedm.tiling.table import tile_table_path
 
 IMAGE_FILL = 255  # glass
@@ -58,10 +58,6 @@ CHUNK_KEYS = {"name": "default", "separator": "."}
 folders over block groups), and making ~3 of them per tile row per array cost 10-15 % of
 tiling throughput (benchmarks/tiling.py). Both separators are valid Zarr v3 and OME-Zarr 0.5
 (RFC-2 allows every chunk key encoding); readers take it from ``zarr.json``."""
-
-_COLORS = [(230, 60, 60), (60, 160, 230), (240, 200, 40), (120, 200, 90), (180, 90, 200),
-           (255, 140, 0), (0, 200, 180), (150, 150, 150)]
-
 
 def compressor() -> BloscCodec:
     """Blosc lz4 (clevel 5) with byte shuffle: cheap enough that tiling is bound by JPEG decoding.
@@ -140,7 +136,7 @@ def create_store(path: str | Path, *, slide_id: str, height: int, width: int, mp
                          fill_value=0, compressors=compressor(), chunk_key_encoding=CHUNK_KEYS,
                          dimension_names=("y", "x"))
         if name == "annotation":
-            colors = [{"label-value": v, "rgba": [*_COLORS[(v - 1) % len(_COLORS)], 255]} for v in values.values()]
+            colors = [{"label-value": v, "rgba": [*class_rgb(v), 255]} for v in values.values()]
             props = [{"label-value": v, "class": c} for c, v in values.items()]
         else:
             colors, props = [{"label-value": 1, "rgba": [0, 255, 0, 255]}], [{"label-value": 1, "class": "tissue"}]
