@@ -109,7 +109,7 @@ class BlockTiler:
 
     def _write_image(self, block: Block) -> None:
         """Pixels of every level; those of whole tissue tiles are stored unpacked (lz4 would gain
-        ~3 % on decoded texture; tiles with glass in them it packs)."""
+        next to nothing on decoded texture; tiles with glass in them it packs)."""
         row, area = block.row, self.grid.tile_size ** 2
         with contextlib.ExitStack() as stack:  # one shard per level, written tile by tile
             shards = [stack.enter_context(w.open(w.shard_of((0, row, block.cols[0])))) for w in self.writers]
@@ -138,7 +138,7 @@ class BlockTiler:
 
     def _write_labels(self, block: Block) -> list[np.ndarray]:
         """Label masks and per-tile label counts. Rasterised tile by tile, not once per block: a
-        block-wide window was slower (3.9 vs 1.4 ms per 128 px demo tile) and, through float
+        block-wide window was slower and, through float
         rounding of pixel centres exactly on polygon edges, not identical to the tile's own window
         (a few pixels per slide would depend on the shard size)."""
         if self.index is None:

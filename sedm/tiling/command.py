@@ -13,28 +13,24 @@ Why it is built the way it is:
   level to its shard file at once (:class:`sedm.tiling.shards.Shard`), so it holds one tile at a
   time, then writes the shard's labels. One writer per shard (zarr-python #3682 loses data
   otherwise), few files (file creation cost more than encoding with one file per tile), and no
-  zarr per-call overhead (~250 chunks/s through ``array[...] =``). The tissue mask, known from the
+  zarr per-call overhead (see :mod:`sedm.tiling.shards`). The tissue mask, known from the
   thumbnail alone, is written in bands of whole tile rows, each its own unit of work.
-* Pixels of whole tissue tiles are stored unpacked (lz4 gains ~3 % on decoded texture, for ~0.1 ms
-  per tile, 5-8 % of the tiling time); tiles with glass in them are packed.
+* Pixels of whole tissue tiles are stored unpacked (lz4 gains next to nothing on decoded texture,
+  for a noticeable share of the tiling time); tiles with glass in them are packed.
 * When the target µm/px is a pyramid level of a tiled TIFF, tiles are decoded straight from the
   file (no resampling, no RGBA round trip); otherwise the slide backend resamples.
 * Shards are handed to the workers with a bounded number in flight, so peak memory depends on the
   tile size and worker count (and the thumbnail), never on the number of tiles. Several workers are
   forked processes where that is safe (Linux, a TIFF level decoded directly, direct shard writes):
-  as threads they spent ~20 % more CPU per tile on GIL hand-offs and kept ~1.75 of 2 cores busy;
-  as processes tiling ran ~1.3x faster (:func:`_pool`). Otherwise, threads.
+  as threads they spend CPU on GIL hand-offs and keep fewer cores busy
+  (:func:`sedm.tiling.workers._pool`). Otherwise, threads.
 * The store's metadata is made while the thumbnail is searched for tissue, and the QC image drawn
   alongside the first tiles; garbage collection skips the objects that exist before the tile loop
-  (:func:`frozen_gc`).
+  (:func:`sedm.tiling.workers.frozen_gc`).
 * Outputs go through :func:`sedm.atomic.atomic_path`: a failure leaves no store, table or QC image.
 
-Where the time goes (benchmarks/tiling.py, 256 px JPEG tiles, target = a stored level, 2 workers,
-20480² slide, 2-core dev VM): 0.85-1.0 ms CPU per tissue tile in one worker, of which JPEG decode
-~0.42 ms (the whole of "raw decode"), transpose + 2x2 pyramid ~0.15 ms (numpy), file writes
-~0.13 ms (kernel page-cache copies), the rest interpreter work. Writes go out chunk by chunk
-(:mod:`sedm.tiling.shards`): one large write per shard cost 3-10x the kernel time there.
-Annotated slides add ``rasterize`` (1.4-2.3 ms per 128-256 px demo tile).
+Where the time goes (JPEG decode, the pyramid, file writes, interpreter work) is measured by
+``benchmarks/tiling.py``; README.md keeps the figures.
 """
 
 from __future__ import annotations
@@ -162,7 +158,7 @@ def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: li
     }
 
     # ---- outputs (temporaries, renamed only when everything succeeded). The store's arrays are
-    # made (zarr metadata, ~0.1 s) while the thumbnail is read and searched for tissue, and the QC
+    # made (zarr metadata) while the thumbnail is read and searched for tissue, and the QC
     # image is drawn alongside the first tiles: seconds a core would otherwise idle.
     with atomic_path(out) as tmp_store, atomic_path(table) as tmp_table, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="sedm-tile-setup") as setup:

@@ -69,7 +69,8 @@ class SlideReader(ABC):
         return self.mpp * self.level_downsamples[level]
 
     def best_level(self, mpp: float) -> int:
-        """Coarsest level at least as fine as ``mpp`` (1 % tolerance); 0 when ``mpp`` is finer than level 0.
+        """Coarsest level at least as fine as ``mpp`` (within :data:`MPP_RTOL`); 0 when ``mpp`` is finer
+        than level 0.
 
         Reading finer and downsampling keeps detail; reading coarser would upsample a blurred level.
         """
@@ -85,9 +86,9 @@ class SlideReader(ABC):
     def read(self, x: int, y: int, width: int, height: int, mpp: float) -> np.ndarray:
         """(height, width, 3) uint8 RGB window at ``mpp`` µm/px, top-left (x, y) in pixels at ``mpp``.
 
-        One backend call at :meth:`best_level`; when that level's µm/px equals ``mpp`` (1 %) its pixels
-        are returned as they are, otherwise the exact sub-pixel box is resampled (box filter ~ area
-        mean when shrinking, bilinear when the request is finer than level 0).
+        One backend call at :meth:`best_level`; when that level's µm/px equals ``mpp`` (:func:`same_mpp`)
+        its pixels are returned as they are, otherwise the exact sub-pixel box is resampled (box filter
+        ~ area mean when shrinking, bilinear when the request is finer than level 0).
         """
         if width <= 0 or height <= 0 or mpp <= 0:
             raise ValueError(f"read needs a positive size and µm/px, got {width}x{height} at {mpp}")

@@ -38,8 +38,8 @@ def _pool(fn: Callable[[Any], Any], workers: int, processes: bool):
     inherit ``fn``.
 
     Processes avoid the GIL hand-offs two tiling threads pay for (decode, numpy and file writes each
-    release and retake it several times per tile: ~20 % more CPU per tile with two threads than
-    with one). They are forked, not spawned, so nothing is imported or pickled but the batches and
+    release and retake it several times per tile, so two threads spend more CPU per tile than
+    one). They are forked, not spawned, so nothing is imported or pickled but the batches and
     results. The parent may have threads (zarr's event loop, BLAS pools) that a fork does not copy;
     the workers never call into them: they read the slide with ``pread``, compute with numpy and
     write shard files with plain file calls."""
@@ -96,8 +96,8 @@ def frozen_gc() -> Iterator[None]:
     """Leave the objects that exist now out of garbage collection while the block is run.
 
     The tile loop allocates few objects, but each collection the allocations trigger walks every
-    object that numpy, pandas, zarr and scikit-image left behind (~2 % of tiling time on a 20k²
-    slide). Frozen objects are only skipped, not leaked: they return to the oldest generation after."""
+    object that numpy, pandas, zarr and scikit-image left behind. Frozen objects are only skipped,
+    not leaked: they return to the oldest generation after."""
     gc.freeze()
     try:
         yield
@@ -111,8 +111,8 @@ def keep_freed_memory() -> bool:
 
     Each tile allocates and frees a few 50-200 KB buffers (decoded pixels, pyramid levels, encoded
     chunks). By default glibc hands such memory back (trims the heap of each thread's arena) and the
-    next tile faults it in again, zero-filled: 0.6 ms of kernel time per tile on a 20k² slide, a
-    third of the tiling CPU. Fixed thresholds keep it (peak RSS grows by ~10 MB). Process-wide and
+    next tile faults it in again, zero-filled: kernel time that was a large share of the tiling
+    CPU. Fixed thresholds keep it (at a small, bounded cost in peak RSS). Process-wide and
     harmless elsewhere; a no-op where the C library is not glibc. Returns whether it applied."""
     import ctypes
 
