@@ -83,7 +83,8 @@ def make_slide(path: Path, size: int, mpp: float, seed: int = 0) -> None:
 
 
 # -- measurements --------------------------------------------------------------------------------------
-def run_sedm_child(slide: Path, out: Path, mpp: float, tile: int, threads: int, compressor: str = "store") -> dict:
+def run_sedm_child(slide: Path, out: Path, mpp: float, tile: int, threads: int, compressor: str = "store",
+                   zarr_writer: bool = False) -> dict:
     """Tile in a fresh interpreter into an empty ``out``; returns its timing and peak memory: the
     interpreter's peak RSS plus the peak private memory of each worker process it forks (sampled
     every 20 ms; a forked worker shares the rest of its pages with the parent)."""
@@ -97,7 +98,8 @@ def run_sedm_child(slide: Path, out: Path, mpp: float, tile: int, threads: int, 
     shutil.rmtree(out, ignore_errors=True)
     os.sync()
     cmd = [sys.executable, __file__, "--child", str(slide), "--child-out", str(out), "--target-mpp", str(mpp),
-           "--tile", str(tile), "--threads", str(threads), "--compressor", compressor]
+           "--tile", str(tile), "--threads", str(threads), "--compressor", compressor] + \
+        (["--zarr-writer"] if zarr_writer else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     private: dict[int, float] = {}
     while True:
@@ -150,25 +152,29 @@ def child(args: argparse.Namespace) -> None:
     import importlib
 
     # modules tile_slide imports on first use: interpreter start-up, not tiling
-    for name in ("sedm.annotations", "sedm.slides", "sedm.tissue", "openslide", "tiffslide", "tifffile",
-                 "imagecodecs", "PIL.PngImagePlugin", "pyarrow.pandas_compat"):
+    for name in ("sedm.tiling.annotations", "sedm.tiling.slides", "sedm.tiling.tissue", "openslide", "tiffslide",
+                 "tifffile", "imagecodecs", "PIL.PngImagePlugin", "pyarrow.pandas_compat"):
         try:
             importlib.import_module(name)
         except ImportError:  # an optional backend
             pass
     from sedm.config import validate_config
-    from sedm.tiling import tile_slide
+    from sedm.tiling.command import tile_slide
 
     config = validate_config({"classes": ["tumour", "stroma", "necrosis"],
                               "tiling": {"mpp": args.target_mpp, "tile_size": args.tile, "threads": args.threads,
                                          "pyramid_levels": 3}})
     if args.compressor != "store":  # what-if: another chunk codec (the store layout is otherwise unchanged)
-        import sedm.store
+        import sedm.tiling.store
         from zarr.codecs import BloscCodec, BloscShuffle
 
         cname, shuffle = args.compressor.split("-")
         codec = BloscCodec(cname=cname, clevel=1 if cname == "zstd" else 5, shuffle=BloscShuffle[shuffle])
-        sedm.store.compressor = lambda: codec
+        sedm.tiling.store.compressor = lambda: codec
+    if args.zarr_writer:  # what-if: every shard written whole by zarr (ShardWriter's fallback), not by hand
+        import sedm.tiling.shards
+
+        sedm.tiling.shards._direct_layout = lambda array: None
     out = Path(args.child_out)
     t0 = time.perf_counter()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -273,7 +279,7 @@ def decode_write(slide: Path, level: int, out: Path, tiles_per_file: int = 32) -
 
 
 def _write_file(path: Path, pieces: list[bytes]) -> None:
-    """One write per piece, as sedm.zarr_shards does (one huge write costs more kernel time)."""
+    """One write per piece, as sedm.tiling.shards does (one huge write costs more kernel time)."""
     with open(path, "wb", buffering=0) as fh:
         for piece in pieces:
             fh.write(piece)
@@ -281,7 +287,7 @@ def _write_file(path: Path, pieces: list[bytes]) -> None:
 
 def store_read(store: Path, n: int = 500, seed: int = 0) -> float:
     """Random tissue tiles read through ``SlideStore.read_image`` (level 0), one thread; tiles/s."""
-    from sedm.store import SlideStore
+    from sedm.tiling.store import SlideStore
 
     st = SlideStore(store)
     table = st.tiles()
@@ -291,6 +297,60 @@ def store_read(store: Path, n: int = 500, seed: int = 0) -> float:
     for i in rows:
         st.read_image(int(table["y"].iloc[i]), int(table["x"].iloc[i]), t, t)
     return len(rows) / (time.perf_counter() - t0)
+
+
+def shard_write(store: Path, out: Path, max_tiles: int = 3000) -> tuple[float, float, int]:
+    """The shard-write step alone, one thread: the tiles of ``store`` (decoded pixels of every image
+    level, as a tiling worker holds them) written again shard by shard into a new store of the same
+    layout, (a) by :class:`sedm.tiling.shards.ShardWriter` (whole tissue tiles unpacked, as tiling
+    does) and (b) by zarr writing each whole shard at once (``array[shard region] = block``; same
+    sharding, same codec). Reading the tiles back is not timed; (a) and (b) alternate per shard.
+    Returns (tiles/s hand-written, tiles/s zarr, tiles)."""
+    import shutil
+
+    import zarr
+
+    from sedm.tiling.blocks import shard_blocks
+    from sedm.tiling.shards import ShardWriter
+    from sedm.tiling.store import SlideStore, create_store
+
+    src = SlideStore(store)
+    attrs, t = src.attrs, src.tile_size
+    levels = int(attrs["levels"])
+    table = src.tiles().iloc[:max_tiles]
+    full = dict(zip(zip(table["row"], table["col"]), table["tissue_fraction"] >= 1.0))
+    targets = {}
+    for name in ("hand", "zarr"):
+        shutil.rmtree(out / name, ignore_errors=True)
+        targets[name] = create_store(out / name, slide_id="w", height=src.shape[0], width=src.shape[1],
+                                     mpp=src.mpp, tile_size=t, levels=levels, classes=src.classes, provenance={})
+    writers = [ShardWriter(targets["hand"][str(k)], out / "hand") for k in range(levels)]
+    assert all(w.direct for w in writers)
+    per_shard = writers[0].per_shard[-1]
+    src_arrays = [zarr.open_array(str(store / str(k)), mode="r") for k in range(levels)]
+    seconds = {"hand": 0.0, "zarr": 0.0}
+    for i, block in enumerate(shard_blocks(sorted(full), per_shard)):
+        x0 = block.cols[0] // per_shard * per_shard  # the shard's first tile column
+        pixels = [a[:, block.row * (t >> k):(block.row + 1) * (t >> k), x0 * (t >> k):(x0 + per_shard) * (t >> k)]
+                  for k, a in enumerate(src_arrays)]  # whole shard regions: untouched chunks are glass
+        for name in (("hand", "zarr") if i % 2 == 0 else ("zarr", "hand")):
+            t0 = time.perf_counter()
+            if name == "hand":
+                for k, w in enumerate(writers):
+                    tk = t >> k
+                    with w.open(w.shard_of((0, block.row, block.cols[0]))) as shard:
+                        for col in block.cols:
+                            c = col - x0
+                            shard.add((0, block.row, col), pixels[k][:, :, c * tk:(c + 1) * tk],
+                                      unpacked=bool(full[(block.row, col)]))
+            else:
+                for k in range(levels):
+                    tk, arr = t >> k, targets["zarr"][str(k)]
+                    arr[:, block.row * tk:(block.row + 1) * tk, x0 * tk:x0 * tk + pixels[k].shape[2]] = pixels[k]
+            seconds[name] += time.perf_counter() - t0
+    n = len(full)
+    shutil.rmtree(out, ignore_errors=True)
+    return n / seconds["hand"], n / seconds["zarr"], n
 
 
 def main() -> None:
@@ -306,6 +366,7 @@ def main() -> None:
     p.add_argument("--compressor", default="store",
                    help="what-if chunk codec for the sedm run, e.g. lz4-noshuffle or zstd-noshuffle "
                         "(default: the store's own)")
+    p.add_argument("--zarr-writer", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     p.add_argument("--target-mpp", type=float, help=argparse.SUPPRESS)
@@ -320,7 +381,7 @@ def main() -> None:
         target = args.mpp * 2**args.level
         runs = {}
         big = max(args.sizes)
-        decodes, same = [], []
+        decodes, same, zarr_writer_runs = [], [], []
         for size in sorted(args.sizes):
             slide = work / f"slide_{size}.tif"
             if not slide.exists():
@@ -338,7 +399,12 @@ def main() -> None:
                       f"(RSS {r['parent_rss_mb']:.0f} MB + workers' own {r['workers_private_mb']:.0f} MB; "
                       f"{'processes' if r['processes'] else 'threads'}, "
                       f"fast read {r['fast_read']}, direct write {r['direct_write']}, codec {args.compressor})")
-                if size == big:  # alternate with the baseline, so both see the same machine
+                if size == big:  # alternate with the baselines, so all see the same machine
+                    z = run_sedm_child(slide, work / "out_zarr_writer", target, args.tile, args.threads,
+                                       args.compressor, zarr_writer=True)
+                    zarr_writer_runs.append(z)
+                    print(f"sedm with zarr's shard writer: {z['tiles_per_s']:.0f} tiles/s "
+                          f"({'processes' if z['processes'] else 'threads'})", file=sys.stderr)
                     decodes.append(raw_decode(slide, args.level))
                     same.append(raw_decode_tiles(slide, args.level, work / f"out_{size}" / "bench.tiles.parquet"))
                     print(f"raw decode (tifffile, 1 thread): {decodes[-1][0]:.0f} tiles/s, of the tiles sedm "
@@ -358,12 +424,18 @@ def main() -> None:
         floor_tps = decode_write(slide, args.level, work / "decode_write")
         imread_tps = tifffile_read(slide, args.level)
         read_tps = store_read(work / f"out_{big}" / "bench.zarr")
+        hand_tps, zarr_tps, n_written = shard_write(work / f"out_{big}" / "bench.zarr", work / "shard_write")
+        zarr_writer_tps = max(r["tiles_per_s"] for r in zarr_writer_runs)
         sedm_tps = runs[big]["tiles_per_s"]
         print(f"naive (openslide read_region + PNG save, 1 thread): {naive_tps:.0f} tiles/s over {len(coords)} tiles")
         print(f"raw decode (tifffile, 1 thread): best {decode_tps:.0f} tiles/s, {decode_cpu:.2f} CPU ms/tile "
               f"over {n_level} tiles")
         print(f"decode + write 1.33x the pixels (1 thread): {floor_tps:.0f} tiles/s")
         print(f"tifffile read of the level into one array (asarray, 1 worker): {imread_tps:.0f} tiles/s")
+        print(f"shard writes alone (1 thread, {n_written} tiles, {args.tile} px, all levels): hand-written "
+              f"{hand_tps:.0f} tiles/s, zarr whole-shard writes {zarr_tps:.0f} tiles/s = {hand_tps / zarr_tps:.2f}x; "
+              f"sedm tile with zarr's shard writer: best {zarr_writer_tps:.0f} tiles/s "
+              f"= {sedm_tps / zarr_writer_tps:.2f}x slower than the hand writer")
         print(f"store read (SlideStore.read_image, 1 thread): {read_tps:.0f} tiles/s "
               f"= {read_tps / decode_tps:.2f}x raw decode")
         median_ratio = runs[big]["median_tiles_per_s"] / decode_median
@@ -389,6 +461,10 @@ def main() -> None:
             "sys_ms_per_tile": round(runs[big]["sys_ms_per_tile"], 3), "decode_cpu_ms_per_tile": round(decode_cpu, 3),
             "decode_write_tiles_per_s": round(floor_tps, 1), "vs_tifffile_read": round(sedm_tps / imread_tps, 2),
             "tifffile_read_tiles_per_s": round(imread_tps, 1), "store_read_tiles_per_s": round(read_tps, 1),
+            "vs_zarr_shard_write": round(hand_tps / zarr_tps, 2), "shard_write_tiles_per_s": round(hand_tps, 1),
+            "zarr_shard_write_tiles_per_s": round(zarr_tps, 1),
+            "vs_zarr_writer_tiling": round(sedm_tps / zarr_writer_tps, 2),
+            "zarr_writer_tiles_per_s": round(zarr_writer_tps, 1),
             "load_avg_1min": round(os.getloadavg()[0], 2),
         }))
 

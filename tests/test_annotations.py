@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from sedm.annotations import Annotation, AnnotationIndex, load_geojson, rasterize
+from sedm.tiling.annotations import Annotation, AnnotationIndex, load_geojson, rasterize
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED, class_values
 
@@ -135,7 +135,7 @@ def test_load_qupath_export(tmp_path, caplog):
         _feature([5, 5], "tumor", "Point"),  # no area: skipped
     ]
     path = _write(tmp_path, {"type": "FeatureCollection", "features": features})
-    with caplog.at_level(logging.WARNING, logger="sedm.annotations"):
+    with caplog.at_level(logging.WARNING, logger="sedm.tiling.annotations"):
         anns = load_geojson(path, CLASSES)
     assert [a.class_name for a in anns] == ["tumor", "stroma", "stroma"]
     assert [a.geometry.area for a in anns] == [100 - 4, 100 + 50, 50]

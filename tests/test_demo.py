@@ -12,7 +12,7 @@ import tifffile
 from scipy import ndimage
 from skimage import color, measure
 
-from sedm.annotations import load_geojson, rasterize
+from sedm.tiling.annotations import load_geojson, rasterize
 from sedm.cli import main
 from sedm.config import load_config, load_samples
 from sedm.demo import cohort

@@ -12,7 +12,8 @@ from sedm.diffusion.dataset import DiffusionPatchDataset, StepSampler
 from builders.toy_stores import make_toy_store
 from sedm.errors import InputError
 from sedm.stain.jitter import StainJitter
-from sedm.store import SlideStore, create_store, fraction_columns, tile_table_path
+from sedm.tiling.store import SlideStore, create_store
+from sedm.tiling.table import fraction_columns, tile_table_path
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +176,7 @@ def test_tile_cache_returns_the_store_windows(tmp_path):
     """Windows cut from cached tiles equal direct store reads, across tile borders and at the slide's
     edges, and the cache stays within its byte budget."""
     from sedm.diffusion.dataset import TileCache
-    from sedm.store import SlideStore
+    from sedm.tiling.store import SlideStore
 
     store = SlideStore(make_stores(tmp_path, n=1, size=200, tile=64)[0])
     cache = TileCache(max_bytes=4 * 64 * 64 * 3)

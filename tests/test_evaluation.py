@@ -19,7 +19,7 @@ from sedm.evaluation.evaluate import evaluate, parse_predictions
 from sedm.evaluation.outputs import OUTPUT_FILES
 from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
 from sedm.evaluation.stats import bootstrap_ci, describe, paired_comparison, wilcoxon_p
-from sedm.store import create_store
+from sedm.tiling.store import create_store
 
 CLASSES = ["a", "b", "c"]
 

@@ -19,9 +19,9 @@ from sedm.segmentation.data import (RealTiles, SyntheticSet, TrainBatches, annot
                                     split_tiles)
 from sedm.segmentation.loss import masked_ce_dice
 from sedm.segmentation.train import train
-from sedm.store import SlideStore
 from sedm.runtime.checkpoints import list_checkpoints
 from sedm.runtime.signals import EXIT_REQUEUE
+from sedm.tiling.store import SlideStore
 
 
 # ---------------------------------------------------------------------------------------- splits

@@ -17,7 +17,7 @@ from sedm.cli import main
 from sedm.errors import InputError
 from sedm.segmentation.model import architecture, build_model, save_model_dir
 from sedm.segmentation.predict import mask_polygons, predict
-from sedm.store import SlideStore
+from sedm.tiling.store import SlideStore
 
 
 def make_model_dir(path, mpp=1.0, patch=32, seed=0):

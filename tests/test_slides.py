@@ -10,7 +10,7 @@ import tifffile
 
 from sedm.demo.tiff import write_pyramidal_tiff
 from sedm.errors import InputError
-from sedm.slides import _rgb_on_white, open_slide, tiff_resolution_mpp
+from sedm.tiling.slides import MPP_RTOL, _rgb_on_white, open_slide, same_mpp, tiff_resolution_mpp
 
 MPP = 0.5
 # Backends decode the same JPEG tiles; openslide interpolates sub-pixel origins when downsamples are
@@ -163,11 +163,11 @@ def test_missing_mpp_needs_override(tmp_path, backend):
 
 
 def test_file_mpp_beats_override(slide_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="sedm.slides"), open_slide(slide_path, mpp_override=0.25) as s:
+    with caplog.at_level(logging.WARNING, logger="sedm.tiling.slides"), open_slide(slide_path, mpp_override=0.25) as s:
         assert s.mpp == pytest.approx(MPP)
     assert "mpp_override" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="sedm.slides"), open_slide(slide_path, mpp_override=0.501):
+    with caplog.at_level(logging.WARNING, logger="sedm.tiling.slides"), open_slide(slide_path, mpp_override=0.501):
         pass
     assert caplog.text == ""  # within 1 %: no warning
 
@@ -223,3 +223,9 @@ def test_corrupt_tile_raises_input_error_on_read(tmp_path, slide_path, backend):
         assert s.read(0, 0, 64, 64, MPP).shape == (64, 64, 3)  # intact tiles still read
         with pytest.raises(InputError, match="zeroed.tiff.*cannot read level 0"):
             s.read(300, 300, 64, 64, MPP)
+
+
+def test_same_mpp_is_one_symmetric_tolerance():
+    assert same_mpp(0.5, 0.5) and same_mpp(0.5, 0.5 * (1 + MPP_RTOL / 2)) and same_mpp(0.5 * (1 + MPP_RTOL / 2), 0.5)
+    assert not same_mpp(0.5, 0.5 * (1 + 2 * MPP_RTOL)) and not same_mpp(0.5 * (1 + 2 * MPP_RTOL), 0.5)
+    assert not same_mpp(0.5, 1.0)

@@ -124,7 +124,7 @@ def two_stain_model(tmp_path_factory):
 
 
 def _store_styles(stores, n=4):
-    from sedm.store import SlideStore
+    from sedm.tiling.store import SlideStore
     from sedm.synthesis.styles import StoreStyleSource
 
     out = []
@@ -158,7 +158,7 @@ def test_stylize_without_mask_keeps_tissue_and_takes_the_style(two_stain_model, 
     import json
 
     from sedm.cli import main
-    from sedm.store import SlideStore
+    from sedm.tiling.store import SlideStore
 
     model_dir, stores = two_stain_model
     src = SlideStore(stores[0])

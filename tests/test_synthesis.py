@@ -16,7 +16,7 @@ from PIL import Image
 from sedm.cli import main
 from sedm.config import validate_config
 from sedm.errors import InputError
-from sedm.store import SlideStore
+from sedm.tiling.store import SlideStore
 from sedm.synthesis import synthesize as synth_mod
 from sedm.synthesis.layouts import Augmentation, LayoutSampler, augmented_window, class_probabilities
 from sedm.synthesis.counts import samples_for_slide
@@ -300,7 +300,7 @@ def test_cli_end_to_end_and_bad_input(world, tmp_path, capsys):
 
 # the builders themselves
 def test_make_store_is_readable(tmp_path):
-    from sedm.store import fraction_columns
+    from sedm.tiling.table import fraction_columns
 
     s = SlideStore(make_store(tmp_path / "a.zarr", "a", tissue_tiles={(0, 0)}))
     t = s.tiles()

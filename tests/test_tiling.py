@@ -17,17 +17,20 @@ import pandas as pd
 import pytest
 import zarr
 
-from sedm.annotations import load_geojson, rasterize
 from sedm.cli import main
 from sedm.config import validate_config
 from sedm.demo.tiff import write_pyramidal_tiff
-from sedm.slides import open_slide
-from sedm.store import TILE_COLUMNS, SlideStore, fraction_columns, tile_table_path
-from sedm import store as store_module
-from sedm import tiling
-from sedm.tiling import (Block, Grid, TissueBand, _run_bounded, nearest_index, shard_blocks, tile_slide,
-                         tile_tissue_counts, with_tissue_bands)
-from sedm.zarr_shards import ShardWriter, read_shard_index
+from sedm.tiling import blocks, geometry, workers
+from sedm.tiling import store as store_module
+from sedm.tiling.annotations import load_geojson, rasterize
+from sedm.tiling.blocks import Block, TissueBand, shard_blocks, with_tissue_bands
+from sedm.tiling.command import tile_slide
+from sedm.tiling.geometry import Grid, nearest_index, tile_tissue_counts
+from sedm.tiling.workers import run_bounded
+from sedm.tiling.shards import ShardWriter, read_shard_index
+from sedm.tiling.slides import open_slide
+from sedm.tiling.store import SlideStore
+from sedm.tiling.table import TILE_COLUMNS, fraction_columns, tile_table_path
 
 CLASSES = ["tumour", "stroma", "necrosis"]
 W0, H0, MPP0 = 1100, 1000, 0.5
@@ -93,7 +96,7 @@ def _stored(store: Path, name: str) -> tuple[set[tuple[int, int]], set[tuple[int
     arr = zarr.open_array(str(store / name), mode="r")
     per = [s // c for s, c in zip(arr.shards, arr.chunks)]
     cells, shards = set(), set()
-    for f in (store / name).glob("c.*"):  # chunk keys c.<i>.<j>... (sedm.store.CHUNK_KEYS)
+    for f in (store / name).glob("c.*"):  # chunk keys c.<i>.<j>... (sedm.tiling.store.CHUNK_KEYS)
         key = tuple(int(v) for v in f.name.split(".")[1:])
         shards.add(key[-2:])
         index = read_shard_index(f, math.prod(per))
@@ -165,14 +168,14 @@ def test_pyramid_levels_are_2x2_means(tiled):
 
 @pytest.mark.parametrize("byteorder", ["little", "big"])
 def test_mean2x2_rounds_half_up(monkeypatch, byteorder):
-    monkeypatch.setattr(tiling.sys, "byteorder", byteorder)  # the uint16-view path and the plain one
+    monkeypatch.setattr(geometry.sys, "byteorder", byteorder)  # the uint16-view path and the plain one
     rng = np.random.default_rng(0)
     chw = rng.integers(0, 256, (3, 64, 96), dtype=np.uint8)
     chw[:, :2, :2] = 255  # sums at the top of uint16's byte range
     a = chw.astype(np.int64)
     expected = (a[:, 0::2, 0::2] + a[:, 1::2, 0::2] + a[:, 0::2, 1::2] + a[:, 1::2, 1::2] + 2) // 4
-    np.testing.assert_array_equal(tiling.mean2x2(chw), expected)
-    np.testing.assert_array_equal(tiling.mean2x2(chw[:, :, :48]), expected[:, :, :24])  # a non-contiguous view
+    np.testing.assert_array_equal(geometry.mean2x2(chw), expected)
+    np.testing.assert_array_equal(geometry.mean2x2(chw[:, :, :48]), expected[:, :, :24])  # a non-contiguous view
 
 
 def test_only_tissue_tiles_are_written(tiled):
@@ -285,7 +288,7 @@ def test_resampled_target_matches_slide_read(inputs, tmp_path):
 
 
 def test_empty_tissue_gives_empty_outputs(inputs, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="sedm.tiling"):
+    with caplog.at_level(logging.WARNING, logger="sedm.tiling.command"):
         result = _run(tmp_path, inputs["glass"], None)
     assert any("no tile has tissue" in r.message for r in caplog.records)
     table = pd.read_parquet(tmp_path / "s1.tiles.parquet")
@@ -299,7 +302,7 @@ def test_empty_tissue_gives_empty_outputs(inputs, tmp_path, caplog):
 
 def test_failure_midway_leaves_no_output(inputs, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = tiling.mean2x2
+    real = blocks.mean2x2
 
     def flaky(chw):
         calls["n"] += 1
@@ -307,7 +310,7 @@ def test_failure_midway_leaves_no_output(inputs, tmp_path, monkeypatch):
             raise RuntimeError("disk on fire")
         return real(chw)
 
-    monkeypatch.setattr(tiling, "mean2x2", flaky)
+    monkeypatch.setattr(blocks, "mean2x2", flaky)
     with pytest.raises(RuntimeError, match="disk on fire"):
         _run(tmp_path, inputs["slide"], inputs["ann"])
     assert list(tmp_path.iterdir()) == []  # no store, table, QC image nor temporaries
@@ -347,7 +350,7 @@ def test_rerun_is_identical(tiled, inputs, tmp_path):
 
 
 def test_shard_writer_bytes_equal_zarr(tmp_path):
-    from sedm.store import create_store
+    from sedm.tiling.store import create_store
 
     def store(name: str):
         return create_store(tmp_path / name, slide_id="a", height=64, width=128, mpp=1.0, tile_size=32, levels=1,
@@ -383,7 +386,7 @@ def test_shard_writer_bytes_equal_zarr(tmp_path):
 
 
 def test_unpacked_chunks_are_blosc_frames_every_reader_decodes(tmp_path):
-    from sedm.store import create_store
+    from sedm.tiling.store import create_store
 
     root = create_store(tmp_path / "a.zarr", slide_id="a", height=32, width=64, mpp=1.0, tile_size=32, levels=1,
                         classes=CLASSES, provenance={}, shard_tiles=2)
@@ -407,7 +410,7 @@ def test_unpacked_chunks_are_blosc_frames_every_reader_decodes(tmp_path):
 def test_short_writes_are_completed(tmp_path, monkeypatch):
     import os
 
-    from sedm import zarr_shards
+    from sedm.tiling import shards as zarr_shards
 
     real = os.write  # short writes: at most 5 bytes of what was asked for, as a signal may cause
     monkeypatch.setattr(zarr_shards.os, "writev", lambda fd, views: real(fd, b"".join(map(bytes, views))[:5]))
@@ -478,17 +481,17 @@ def test_in_flight_work_is_bounded():
     def done(_):
         state["done"] += 1
 
-    _run_bounded(lambda i: i * i, batches(), threads=3, on_result=done)
+    run_bounded(lambda i: i * i, batches(), threads=3, on_result=done)
     assert state["done"] == 50 and state["max"] <= 2 * 3
 
 
-@pytest.mark.skipif(not tiling.can_fork_workers(), reason="worker processes are forked (Linux)")
+@pytest.mark.skipif(not workers.can_fork_workers(), reason="worker processes are forked (Linux)")
 def test_forked_workers_run_an_unpicklable_function_in_order():
     import os
 
     parent = os.getpid()
     out = []
-    used = _run_bounded(lambda i: (i * i, os.getpid()), iter(range(20)), threads=2, on_result=out.append,
+    used = run_bounded(lambda i: (i * i, os.getpid()), iter(range(20)), threads=2, on_result=out.append,
                         processes=True)
     assert used and [v for v, _ in out] == [i * i for i in range(20)]
     assert parent not in {pid for _, pid in out}  # the lambda ran in the (forked) workers
@@ -503,7 +506,7 @@ def test_failed_fork_falls_back_to_threads(monkeypatch):
 
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", NoFork)
     out = []
-    assert _run_bounded(lambda i: i + 1, iter(range(5)), threads=2, on_result=out.append, processes=True) is False
+    assert run_bounded(lambda i: i + 1, iter(range(5)), threads=2, on_result=out.append, processes=True) is False
     assert out == [1, 2, 3, 4, 5]
 
 
@@ -551,3 +554,11 @@ def test_corrupt_tile_is_input_error_without_output(inputs, tmp_path, capsys):
                "--out", str(out / "s1.zarr"), "--table", str(out / "s1.tiles.parquet"), "--qc", str(out / "s1.qc.png")])
     assert rc == 2 and "damaged" in capsys.readouterr().err
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_store_label_colours_are_the_palette(tiled):
+    from sedm.labels import class_rgb
+
+    path, _ = tiled
+    colors = zarr.open_group(str(path / "labels" / "annotation"), mode="r").attrs["ome"]["image-label"]["colors"]
+    assert [(c["label-value"], c["rgba"]) for c in colors] == [(v, [*class_rgb(v), 255]) for v in (1, 2, 3)]

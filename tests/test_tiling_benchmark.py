@@ -26,7 +26,7 @@ def test_tiling_benchmark_json_line(repo, tmp_path):
     assert result["vs_decode"] == round(result["tiles_per_s"] / result["decode_tiles_per_s"], 2)
     assert result["vs_decode_same_tiles"] == round(result["tiles_per_s"] / result["decode_same_tiles_per_s"], 2)
     assert result["vs_tifffile_read"] == round(result["tiles_per_s"] / result["tifffile_read_tiles_per_s"], 2)
-    from sedm.tiling import can_fork_workers
+    from sedm.tiling.workers import can_fork_workers
 
     assert result["workers"] == ("processes" if can_fork_workers() else "threads")
     assert 0 <= result["workers_private_mb"] < result["peak_rss_mb"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sedm.tissue import QC_COLOR, detect_tissue, save_tissue_qc
+from sedm.tiling.tissue import QC_COLOR, detect_tissue, save_tissue_qc
 
 MPP = 8.0  # thumbnail µm/px: one pixel is 64 µm²
 GLASS = (242, 242, 240)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from builders.workflow import REPO, make_workdir, snakemake
-from sedm.store import SlideStore
+from sedm.tiling.store import SlideStore
 
 pytestmark = pytest.mark.slow
 

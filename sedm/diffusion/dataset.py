@@ -40,7 +40,8 @@ from sedm.errors import InputError
 from sedm.labels import UNANNOTATED, n_layout_channels, one_hot, unknown_tissue_value
 from sedm.seeds import index_rng
 from sedm.stain.jitter import StainJitter
-from sedm.store import SlideStore, fraction_columns, open_checked, tile_table_path
+from sedm.tiling.store import SlideStore, open_checked
+from sedm.tiling.table import fraction_columns, tile_table_path
 
 STYLE_SAMPLING = ("multi", "nearby")
 TILE_CACHE_BYTES = 256 * 2**20

@@ -11,18 +11,7 @@ import numpy as np
 from PIL import Image
 
 from sedm.atomic import atomic_path
-
-UNANNOTATED_RGB = (200, 200, 200)
-_CLASS_RGB = [(230, 60, 60), (60, 160, 230), (240, 200, 40), (120, 200, 90), (180, 90, 200),
-              (255, 140, 0), (0, 200, 180), (150, 150, 150)]
-
-
-def layout_rgb(labels: np.ndarray) -> np.ndarray:
-    """(H, W) label values -> (H, W, 3) uint8: grey for unannotated, one colour per class."""
-    palette = np.array([UNANNOTATED_RGB] + [_CLASS_RGB[i % len(_CLASS_RGB)] for i in range(int(labels.max(initial=0)))],
-                       dtype=np.uint8)
-    return palette[labels]
-
+from sedm.labels import colorize
 
 def _fit(img: np.ndarray, size: int) -> np.ndarray:
     if img.shape[0] == size and img.shape[1] == size:
@@ -36,7 +25,7 @@ def preview_grid(labels: np.ndarray, styles: np.ndarray, generated: np.ndarray,
     b, size = labels.shape[0], labels.shape[1]
     rows = []
     for i in range(b):
-        cells = [layout_rgb(labels[i])] + [_fit(s, size) for s in styles[i]] + [generated[i]]
+        cells = [colorize(labels[i])] + [_fit(s, size) for s in styles[i]] + [generated[i]]
         if real is not None:
             cells.append(real[i])
         row = []

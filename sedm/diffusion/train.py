@@ -63,7 +63,8 @@ from sedm.runtime.schedules import warmup_constant, warmup_cosine
 from sedm.runtime.signals import EXIT_REQUEUE, StopSignals, ignore_stop_signals
 from sedm.seeds import sample_seed
 from sedm.stain.jitter import StainJitter
-from sedm.store import SlideStore, tile_table_path
+from sedm.tiling.store import SlideStore
+from sedm.tiling.table import tile_table_path
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
 from sedm.evaluation.outputs import (ARM, CONFUSION, MACRO_DICE, MACRO_IOU, PATIENT, PER_PATIENT, PER_SLIDE, SLIDE,
                                      SUMMARY_CSV, SUMMARY_JSON, TABLE_SUFFIXES, class_column)
 from sedm.evaluation.stats import describe, paired_comparison
-from sedm.store import SlideStore, open_checked
+from sedm.tiling.store import SlideStore, open_checked
 
 log = logging.getLogger(__name__)
 

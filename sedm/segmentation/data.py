@@ -24,17 +24,10 @@ from sedm.errors import InputError
 from sedm.labels import UNANNOTATED
 from sedm.seeds import index_rng
 from sedm.stain.jitter import StainJitter
-from sedm.store import IMAGE_FILL, SlideStore
+from sedm.tiling.slides import same_mpp
+from sedm.tiling.store import IMAGE_FILL, SlideStore
 
 log = logging.getLogger(__name__)
-
-MPP_RTOL = 1e-3
-"""Relative tolerance when two µm/px values must be equal (stores vs synthetic data vs model)."""
-
-
-def same_mpp(a: float, b: float) -> bool:
-    return abs(a - b) <= MPP_RTOL * max(a, b)
-
 
 # ---------------------------------------------------------------------------------------- splits
 def split_by_patient(slides: Sequence[str], patient_of: Mapping[str, str], val_patients: int,

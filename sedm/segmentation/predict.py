@@ -40,16 +40,15 @@ from sedm import __version__
 from sedm.atomic import atomic_path, write_text
 from sedm.config import add_config_arguments, load_config
 from sedm.errors import InputError
-from sedm.labels import UNANNOTATED, class_values
-from sedm.segmentation.data import same_mpp
+from sedm.labels import UNANNOTATED, class_rgb, class_values
 from sedm.segmentation.model import load_model, read_meta, to_input
-from sedm.store import SlideStore, compressor
 from sedm.runtime.devices import autocast, resolve_device
+from sedm.tiling.slides import same_mpp
+from sedm.tiling.store import SlideStore, compressor
 
 log = logging.getLogger(__name__)
 
 OVERLAY_ALPHA = 0.45
-_FALLBACK_COLORS = [(230, 60, 60), (60, 160, 230), (240, 200, 40), (120, 200, 90), (180, 90, 200)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +83,7 @@ def check_compatible(meta: Mapping[str, Any], store: SlideStore, model_dir: Path
 
 def class_colors(store: SlideStore) -> dict[int, tuple[int, int, int]]:
     """Label value -> RGB, from the store's OME-NGFF label colours (so QuPath, napari and PNG agree)."""
-    colors = {v: _FALLBACK_COLORS[(v - 1) % len(_FALLBACK_COLORS)] for v in class_values(store.classes).values()}
+    colors = {v: class_rgb(v) for v in class_values(store.classes).values()}
     try:
         attrs = zarr.open_group(str(store.path / "labels" / "annotation"), mode="r").attrs["ome"]
         for entry in attrs["image-label"]["colors"]:

@@ -40,14 +40,16 @@ from sedm.runtime.rng import set_rng_state
 from sedm.runtime.schedules import warmup_cosine
 from sedm.runtime.signals import EXIT_REQUEUE, StopSignals, ignore_stop_signals
 from sedm.seeds import seed_everything
-from sedm.segmentation.data import (RealTiles, SyntheticSet, TrainBatches, annotated_tiles, same_mpp,
-                                    split_by_patient, split_tiles)
+from sedm.segmentation.data import (RealTiles, SyntheticSet, TrainBatches, annotated_tiles, split_by_patient,
+                                    split_tiles)
 from sedm.segmentation.loss import masked_ce_dice
 from sedm.segmentation.model import (architecture, build_model, divisor, load_init_weights, save_model_dir,
                                      segment, to_input)
 from sedm.segmentation.outputs import LOG_COLUMNS, TRAIN_LOG
 from sedm.stain.jitter import StainJitter
-from sedm.store import SlideStore, open_checked, tile_table_path
+from sedm.tiling.slides import same_mpp
+from sedm.tiling.store import SlideStore, open_checked
+from sedm.tiling.table import tile_table_path
 
 log = logging.getLogger(__name__)
 

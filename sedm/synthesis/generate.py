@@ -56,7 +56,7 @@ def model_mpp(model_config: dict[str, Any], store: str | Path) -> float:
     """The model's µm/px; models without one are taken to match the stores they are used with."""
     if model_config.get("mpp"):
         return float(model_config["mpp"])
-    from sedm.store import SlideStore
+    from sedm.tiling.store import SlideStore
 
     return SlideStore(Path(store)).mpp
 

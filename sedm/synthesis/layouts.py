@@ -23,12 +23,13 @@ from scipy import ndimage
 
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED
-from sedm.store import SlideStore, fraction_columns, tile_table_path
 from sedm.synthesis.windows import read_padded, window_in_tile
+from sedm.tiling.slides import same_mpp
+from sedm.tiling.store import SlideStore
+from sedm.tiling.table import fraction_columns, tile_table_path
 
 log = logging.getLogger(__name__)
 
-MPP_RTOL = 0.01
 UNANNOTATED_KEY = "unannotated"
 """Name of label 0 in ``synthesis.class_weights`` (the column ``frac_unannotated``)."""
 
@@ -157,7 +158,7 @@ def check_store(store: SlideStore, classes: list[str], mpp: float, patch_size: i
     if store.classes != list(classes):
         raise InputError(store.path, "classes", f"store classes {store.classes} differ from the config's {list(classes)}",
                          "tile the slides again with the current config")
-    if abs(store.mpp - mpp) > MPP_RTOL * mpp:
+    if not same_mpp(store.mpp, mpp):
         raise InputError(store.path, "mpp", f"store is at {store.mpp:g} µm/px, the model at {mpp:g} µm/px",
                          "tile the slides at the µm/px the diffusion model was trained at (tiling.mpp)")
     if min(store.shape) < patch_size:

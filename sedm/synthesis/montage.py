@@ -14,19 +14,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from sedm.atomic import atomic_path
+from sedm.labels import colorize
 
-UNANNOTATED_COLOR = (40, 40, 40)
-PALETTE = [(230, 60, 60), (60, 160, 230), (240, 200, 40), (120, 200, 90), (180, 90, 200),
-           (255, 140, 0), (0, 200, 180), (150, 150, 150)]
 MIN_CELL = 128
 GAP = 4
 HEADER = 16
-
-
-def colorize(labels: np.ndarray) -> np.ndarray:
-    """(H, W) label values -> (H, W, 3) uint8; 0 (unannotated) dark grey, classes from PALETTE."""
-    lut = np.array([UNANNOTATED_COLOR] + [PALETTE[i % len(PALETTE)] for i in range(255)], dtype=np.uint8)
-    return lut[labels]
 
 
 def _cell(img: np.ndarray, size: int) -> Image.Image:

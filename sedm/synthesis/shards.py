@@ -27,7 +27,7 @@ import pandas as pd
 import zarr
 
 from sedm.atomic import atomic_path
-from sedm.store import compressor
+from sedm.tiling.store import compressor
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ import numpy as np
 
 from sedm.errors import InputError
 from sedm.stain.statistics import tissue_pixels
-from sedm.store import SlideStore
 from sedm.synthesis.windows import window_in_tile
+from sedm.tiling.slides import same_mpp
+from sedm.tiling.store import SlideStore
 
 log = logging.getLogger(__name__)
 
-MPP_RTOL = 0.01
 CROP_TRIES = 8
 """Crops tried per style patch to find one with enough tissue before taking the last one."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -53,7 +53,7 @@ class StoreStyleSource(StyleSource):
         self.store = SlideStore(Path(path))
         self.slide_id = self.store.slide_id
         self.size = int(size)
-        if abs(self.store.mpp - mpp) > MPP_RTOL * mpp:
+        if not same_mpp(self.store.mpp, mpp):
             raise InputError(self.store.path, "mpp", f"store is at {self.store.mpp:g} µm/px, the model at {mpp:g}",
                              "tile the style slide at the µm/px the diffusion model was trained at (tiling.mpp)")
         if min(self.store.shape) < self.size:
@@ -88,12 +88,12 @@ class SlideFileStyleSource(StyleSource):
     """Random tissue patches of a raw slide file, read at the model's µm/px (``sedm stylize``).
 
     Candidate patches are the cells of a grid of ``size`` px at the model's µm/px whose tissue
-    fraction on the tissue mask (sedm.tissue) reaches ``min_tissue_fraction``.
+    fraction on the tissue mask (sedm.tiling.tissue) reaches ``min_tissue_fraction``.
     """
 
     def __init__(self, path: str | Path, *, size: int, mpp: float, min_tissue_fraction: float,
                  slides_cfg: dict | None = None, tissue_cfg: dict | None = None) -> None:
-        from sedm.slides import open_slide
+        from sedm.tiling.slides import open_slide
 
         slides_cfg = slides_cfg or {}
         self.path = Path(path)
@@ -126,8 +126,8 @@ class SlideFileStyleSource(StyleSource):
 
 
 def _tissue_mask(reader, tissue_cfg: dict) -> tuple[np.ndarray, float]:
-    """Boolean tissue mask of the whole slide (sedm.tissue, as tiling uses) and its µm/px."""
-    from sedm.tissue import detect_tissue
+    """Boolean tissue mask of the whole slide (sedm.tiling.tissue, as tiling uses) and its µm/px."""
+    from sedm.tiling.tissue import detect_tissue
 
     thumb_mpp = float(tissue_cfg.get("thumbnail_mpp", 8.0))
     sizes = {k: float(tissue_cfg[k]) for k in ("min_object_um2", "min_hole_um2") if k in tissue_cfg}

@@ -196,7 +196,7 @@ def style_source(args: argparse.Namespace, mcfg: dict[str, Any]) -> StyleSource:
                                       min_tissue_fraction=args.min_tissue_fraction)
     path = Path(args.style_slide)
     if path.suffix == ".zarr" or (path / "zarr.json").is_file():
-        from sedm.store import SlideStore
+        from sedm.tiling.store import SlideStore
 
         mpp = float(mcfg.get("mpp") or SlideStore(path).mpp)
         return StoreStyleSource(path, size=size, mpp=mpp, min_tissue_fraction=args.min_tissue_fraction)

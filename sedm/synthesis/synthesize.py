@@ -27,7 +27,6 @@ from sedm.errors import InputError
 from sedm.labels import class_values
 from sedm.seeds import rng_for
 from sedm.stain.statistics import HedAccumulator
-from sedm.store import tile_table_path
 from sedm.synthesis.counts import samples_for_slide
 from sedm.synthesis.generate import Generator, check_model, model_mpp, model_sha256
 from sedm.synthesis.layouts import LayoutSampler
@@ -35,6 +34,7 @@ from sedm.synthesis.montage import write_montage
 from sedm.synthesis.shards import Shard, ShardDir, assemble_store, partial_dir, plan_shards
 from sedm.synthesis.stats import synthesis_stats
 from sedm.synthesis.styles import StoreStyleSource, StyleSource
+from sedm.tiling.table import tile_table_path
 
 log = logging.getLogger(__name__)
 

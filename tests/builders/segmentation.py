@@ -1,6 +1,6 @@
 """Small slide stores, synthesis stores and sample sheets for the segmentation / evaluation tests.
 
-Written with sedm.store.create_store (the same layout ``sedm tile`` writes), so the tests do not
+Written with sedm.tiling.store.create_store (the same layout ``sedm tile`` writes), so the tests do not
 depend on the tiling stage. Images are coloured by class (plus noise), so a tiny network can learn
 them in a few steps.
 """
@@ -14,7 +14,8 @@ import pandas as pd
 import zarr
 from scipy import ndimage
 
-from sedm.store import TILE_COLUMNS, create_store, fraction_columns, tile_table_path
+from sedm.tiling.store import create_store
+from sedm.tiling.table import TILE_COLUMNS, fraction_columns, tile_table_path
 
 CLASSES = ["tumour", "stroma", "necrosis"]
 CLASS_RGB = np.array([[255, 255, 255], [170, 40, 110], [235, 160, 200], [110, 60, 170]], np.float32)

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sedm.store import TILE_COLUMNS, create_store, fraction_columns, tile_table_path
+from sedm.tiling.store import create_store
+from sedm.tiling.table import TILE_COLUMNS, fraction_columns, tile_table_path
 
 CLASSES = ["tumour", "stroma"]
 MPP = 1.0

@@ -1,6 +1,6 @@
 """Small synthetic slide stores for tests and benchmarks of the diffusion stage.
 
-They follow the real store layout (``sedm.store``) so the dataset and trainer are exercised exactly
+They follow the real store layout (``sedm.tiling.store``) so the dataset and trainer are exercised exactly
 as on tiled slides, but take milliseconds to build and need no slide files. Each ``style`` index gives
 a distinct stain palette, so tests can tell which slide a patch came from by its colour.
 """
@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from sedm.store import create_store, fraction_columns, tile_table_path
+from sedm.tiling.store import create_store
+from sedm.tiling.table import fraction_columns, tile_table_path
 
 # per style: RGB of glass-free background tissue, then one colour per class (cycled)
 _PALETTES = [

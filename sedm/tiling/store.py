@@ -13,7 +13,7 @@ Chunks (the unit a reader decodes) are tiles: level 0 arrays are chunked by ``ti
 of the image by ``tile_size / 2**k``, so every tile maps to exactly one chunk per array. Chunks are
 grouped into shards (Zarr v3 ``sharding_indexed``, one file each) of up to :data:`SHARD_TILES`
 tiles of one tile row: one file per tile and array made file creation the largest cost of tiling.
-The tissue mask, which follows from the thumbnail alone and packs ~200x, is sharded in bands of
+The tissue mask, which follows from the thumbnail alone and packs to almost nothing, is sharded in bands of
 whole tile rows instead (:func:`tissue_shard_rows`). A shard is written by exactly one worker
 (concurrent writes into one shard lose data, zarr-python #3682). Only tissue tiles are written;
 unwritten chunks (and shards) read as the fill value (white glass, unannotated, no tissue).
@@ -34,63 +34,40 @@ from zarr.codecs import BloscCodec, BloscShuffle
 
 from sedm import __version__
 from sedm.errors import InputError
-from sedm.labels import class_values
+from sedm.labels import class_rgb, class_values
+from sedm.tiling.table import tile_table_path
 
 IMAGE_FILL = 255  # glass
 SHARD_TILES = 128
 """Most tiles per shard (along x, within one tile row). Shards are written tile by tile
-(:class:`sedm.zarr_shards.Shard`), so their size costs no memory; larger shards mean fewer files
-(creating one costs ~0.5-0.9 ms on ext4, several times that after many deletions on a file system
-without journal) and a shard is also the unit of work, so a wide slide still gives every thread
-many of them."""
+(:class:`sedm.tiling.shards.Shard`), so their size costs no memory; larger shards mean fewer files
+(creating a file costs more than encoding a tile, and more still after many deletions on a file
+system without journal) and a shard is also the unit of work, so a wide slide still gives every
+thread many of them."""
 SHARD_BYTES = 32 * 2**20
 """Most raw bytes of a level-0 image shard: large tiles get fewer tiles per shard, so no shard
 file grows past what a reader or a copy tool handles in one piece."""
 TISSUE_SHARD_CHUNKS = 1024
 """Most tiles per shard of the tissue mask. Its shards span whole tile rows (bands of
 :func:`tissue_shard_rows` rows): nearly every chunk is constant (all tissue) and packs to a few
-bytes, so a band costs one file where shards like the image's cost one per 32 tiles: ~5-8 % of
-tiling time on a 20k² slide. The bound keeps the shard index (16 bytes per chunk, read with every chunk) small."""
-TILE_COLUMNS = ("slide_id", "row", "col", "y", "x", "tissue_fraction")
-"""Fixed tile-table columns; then ``frac_unannotated`` and ``frac_<class>`` per class (they sum to 1).
-``y``/``x`` are the tile's top-left pixel at the store's µm/px; ``row``/``col`` its chunk index."""
-
+bytes, so a band costs one file where shards like the image's cost one per 32 tiles. The bound
+keeps the shard index (16 bytes per chunk, read with every chunk) small."""
 CHUNK_KEYS = {"name": "default", "separator": "."}
 """Shard files are named ``c.0.<row>.<col>`` side by side in one folder per array, not nested
 ``c/0/<row>/<col>``: each new folder is an inode the file system places apart (ext4 spreads
-folders over block groups), and making ~3 of them per tile row per array cost 10-15 % of
-tiling throughput (benchmarks/tiling.py). Both separators are valid Zarr v3 and OME-Zarr 0.5
-(RFC-2 allows every chunk key encoding); readers take it from ``zarr.json``."""
-
-_COLORS = [(230, 60, 60), (60, 160, 230), (240, 200, 40), (120, 200, 90), (180, 90, 200),
-           (255, 140, 0), (0, 200, 180), (150, 150, 150)]
-
+folders over block groups), and making a few of them per tile row per array cost a measurable
+share of tiling throughput (benchmarks/tiling.py). Both separators are valid Zarr v3 and OME-Zarr
+0.5 (RFC-2 allows every chunk key encoding); readers take it from ``zarr.json``."""
 
 def compressor() -> BloscCodec:
     """Blosc lz4 (clevel 5) with byte shuffle: cheap enough that tiling is bound by JPEG decoding.
 
-    Measured on JPEG (q 90) decoded demo-cohort H&E tiles (256 px, at least half tissue), levels
-    0-2, one core, best of 3 on a shared 2-core machine; ms per tile for all three levels, ratio =
-    raw / compressed bytes:
-
-    ==========================  =====  ======  ======
-    codec                       ratio  encode  decode
-    ==========================  =====  ======  ======
-    zstd 1 + bitshuffle         1.28   1.37    0.86
-    zstd 1, no shuffle          1.30   1.12    0.63
-    zstd 3, no shuffle          1.31   7.2     0.68
-    lz4 5, no/byte shuffle      1.03   0.22    0.11
-    lz4 5 + bitshuffle          1.17   0.71    0.49
-    ==========================  =====  ======  ======
-
-    With glass borders (the 41 tiles with >= 5 % tissue of a 2048 px demo slide) zstd 1 packs
-    1.56x and lz4 1.16x (encode 1.04 vs 0.28 ms, decode 0.42 vs 0.13 ms); blosclz is cheaper only
-    on incompressible tiles and slower on glass. Lossless codecs gain little on JPEG-decoded
-    texture, while zstd decodes 3-6x slower than lz4 (nearly as slowly as the source JPEG), a cost
-    every training epoch pays again. lz4 still packs a half-glass tile ~2x, a label mask ~20x, a
-    constant mask ~200x. Byte shuffle is a no-op for uint8 (same ratio and speed as no shuffle)
-    and packs float16 arrays of other stages tighter (1.6x vs 1.03x on smooth probabilities), so
-    one codec serves every dtype.
+    Lossless codecs gain little on JPEG-decoded texture, while zstd encodes several times and
+    decodes a few times slower than lz4 (nearly as slowly as the source JPEG), a cost every
+    training epoch pays again; bitshuffle packs a little tighter at a large cost. lz4 still packs
+    glass, label masks and constant masks well. Byte shuffle is a no-op for uint8 and packs float16
+    arrays of other stages tighter, so one codec serves every dtype. README.md ("The per-slide
+    store") has the measurements.
     """
     return BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle)
 
@@ -98,16 +75,6 @@ def compressor() -> BloscCodec:
 def tissue_shard_rows(rows: int, cols: int) -> int:
     """Tile rows per shard of the tissue mask of a ``rows`` x ``cols`` tile grid."""
     return max(1, min(rows, TISSUE_SHARD_CHUNKS // max(1, cols)))
-
-
-def tile_table_path(store_path: str | Path) -> Path:
-    """``<slide>.zarr`` -> ``<slide>.tiles.parquet`` (same folder)."""
-    store_path = Path(store_path)
-    return store_path.with_name(store_path.name.removesuffix(".zarr") + ".tiles.parquet")
-
-
-def fraction_columns(classes: list[str]) -> list[str]:
-    return ["frac_unannotated"] + [f"frac_{c}" for c in classes]
 
 
 def _scale(mpp: float, level: int, channel: bool) -> dict:
@@ -153,7 +120,7 @@ def create_store(path: str | Path, *, slide_id: str, height: int, width: int, mp
                          fill_value=0, compressors=compressor(), chunk_key_encoding=CHUNK_KEYS,
                          dimension_names=("y", "x"))
         if name == "annotation":
-            colors = [{"label-value": v, "rgba": [*_COLORS[(v - 1) % len(_COLORS)], 255]} for v in values.values()]
+            colors = [{"label-value": v, "rgba": [*class_rgb(v), 255]} for v in values.values()]
             props = [{"label-value": v, "class": c} for c, v in values.items()]
         else:
             colors, props = [{"label-value": 1, "rgba": [0, 255, 0, 255]}], [{"label-value": 1, "class": "tissue"}]
@@ -194,7 +161,8 @@ class SlideStore:
         object.__setattr__(self, "_arrays", {})
 
     def _array(self, name: str) -> zarr.Array:
-        """The array at ``name``, opened once: opening reads its metadata (~1 ms), a tile read ~2 ms."""
+        """The array at ``name``, opened once: opening reads its metadata, which costs about as much
+        as reading a tile."""
         array = self._arrays.get(name)
         if array is None:
             array = self._arrays[name] = self._root[name]

@@ -5,7 +5,7 @@ bookkeeping) costs more than encoding a tile with a fast codec, and writing a sh
 through zarr rewrites the whole shard file each time. Here a shard file is written once, front to
 back: each chunk is encoded and appended as it comes (:class:`Shard`), the index last, so a worker
 holds one chunk at a time. Why shards at all: one file per tile and array made file creation
-(~0.5-0.9 ms each on ext4) the largest cost of ``sedm tile``. Why writes are at most
+the largest cost of ``sedm tile``. Why writes are at most
 :data:`_WRITE_BYTES`: see there.
 
 The bytes follow the v3 ``sharding_indexed`` spec: the encoded inner chunks back to back (in the
@@ -34,9 +34,9 @@ import zarr
 
 _EMPTY = np.uint64(2**64 - 1)
 _WRITE_BYTES = 256 * 2**10
-"""Largest single write. Writing 900 MB as 6 MB files took 3.4-3.6 s of kernel time in one write
-per file and 0.4-1.1 s in 192 KB writes on the dev VM's ext4 (likely the large page-cache folios
-the kernel uses for large writes), so a shard goes out chunk by chunk, large chunks in slices."""
+"""Largest single write. One write per shard file cost several times the kernel time of writes of
+a few hundred KB on ext4 (likely the large page-cache folios the kernel uses for large writes), so
+a shard goes out chunk by chunk, large chunks in slices."""
 
 
 class ShardWriter:
@@ -51,8 +51,8 @@ class ShardWriter:
     bytes of other constant chunks (all-tissue masks, tiles inside one annotation) are reused.
     Chunks the caller knows will not pack can be stored unpacked: in the Blosc frame Blosc itself
     writes for data it cannot compress (flagged "memcpyed"; every Blosc reader decodes it), minus
-    the failed attempt. Pixels of whole tissue tiles are such data: JPEG-decoded texture gains ~3 %
-    from lz4, for ~0.1 ms per 256 px RGB tile (:func:`sedm.store.compressor`).
+    the failed attempt. Pixels of whole tissue tiles are such data: JPEG-decoded texture gains next
+    to nothing from lz4 (:func:`sedm.tiling.store.compressor`).
     """
 
     def __init__(self, array: zarr.Array, store_root: Path | None) -> None:
@@ -275,7 +275,7 @@ def _direct_layout(array: zarr.Array):
     blosc = inner[1]
     shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[blosc.shuffle.value]
     # numcodecs' compress() is what zarr's BloscCodec calls (through Blosc.encode, whose checks
-    # cost ~20 % of encoding a tile); same arguments, same bytes
+    # cost a sizeable share of encoding a tile); same arguments, same bytes
     encode = functools.partial(blosc_compress, cname=blosc.cname.value.encode(), clevel=blosc.clevel,
                                shuffle=shuffle, blocksize=blosc.blocksize, typesize=blosc.typesize)
     # clevel 0: a Blosc frame flagged "memcpyed", exactly what Blosc writes for data it fails to pack

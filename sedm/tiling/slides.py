@@ -11,12 +11,18 @@ chunks of a sedm store.
 has none, and a disagreeing override is logged, not applied. A file value outside
 ``PLAUSIBLE_MPP`` (e.g. a 72 dpi print default, 352.8 µm/px) counts as missing, because tiling at
 it would silently produce garbage.
+
+Tiling reads its tiles through :func:`tile_reader`, the one factory of its two reading paths:
+:class:`TiffLevelTiles` decodes a tiled TIFF level straight from the file when the target µm/px is
+that level's (a read is then a pure decode), :class:`SlideTiles` reads through the backend otherwise.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -30,15 +36,17 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "openslide", "tiffslide")
 MPP_RTOL = 0.01
-"""Two µm/px closer than this (relative) count as equal: level choice, fast path, override check."""
+"""Two µm/px closer than this (relative) count as equal, in every stage (:func:`same_mpp`): level
+choice, the direct TIFF path, the override check, and stores vs models vs synthetic data."""
 PLAUSIBLE_MPP = (0.01, 50.0)
 """Level-0 µm/px a scanner can produce; values outside are print-resolution defaults, not metadata."""
 _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 _MPP_FIX = "set slides.mpp_override in the config"
 
 
-def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= MPP_RTOL * b
+def same_mpp(a: float, b: float) -> bool:
+    """Whether two µm/px count as the same resolution (within :data:`MPP_RTOL` of the larger)."""
+    return abs(a - b) <= MPP_RTOL * max(a, b)
 
 
 class SlideReader(ABC):
@@ -61,7 +69,8 @@ class SlideReader(ABC):
         return self.mpp * self.level_downsamples[level]
 
     def best_level(self, mpp: float) -> int:
-        """Coarsest level at least as fine as ``mpp`` (1 % tolerance); 0 when ``mpp`` is finer than level 0.
+        """Coarsest level at least as fine as ``mpp`` (within :data:`MPP_RTOL`); 0 when ``mpp`` is finer
+        than level 0.
 
         Reading finer and downsampling keeps detail; reading coarser would upsample a blurred level.
         """
@@ -77,15 +86,15 @@ class SlideReader(ABC):
     def read(self, x: int, y: int, width: int, height: int, mpp: float) -> np.ndarray:
         """(height, width, 3) uint8 RGB window at ``mpp`` µm/px, top-left (x, y) in pixels at ``mpp``.
 
-        One backend call at :meth:`best_level`; when that level's µm/px equals ``mpp`` (1 %) its pixels
-        are returned as they are, otherwise the exact sub-pixel box is resampled (box filter ~ area
-        mean when shrinking, bilinear when the request is finer than level 0).
+        One backend call at :meth:`best_level`; when that level's µm/px equals ``mpp`` (:func:`same_mpp`)
+        its pixels are returned as they are, otherwise the exact sub-pixel box is resampled (box filter
+        ~ area mean when shrinking, bilinear when the request is finer than level 0).
         """
         if width <= 0 or height <= 0 or mpp <= 0:
             raise ValueError(f"read needs a positive size and µm/px, got {width}x{height} at {mpp}")
         level = self.best_level(mpp)
         f = mpp / self.level_mpp(level)  # level pixels per output pixel
-        if _close(mpp, self.level_mpp(level)):
+        if same_mpp(mpp, self.level_mpp(level)):
             return self._read_padded(level, x, y, width, height)
         box = (x * f, y * f, (x + width) * f, (y + height) * f)
         x0, y0 = math.floor(box[0]) - 1, math.floor(box[1]) - 1  # 1 px margin for the bilinear support
@@ -248,9 +257,9 @@ def _settle_mpp(path: Path, reader: SlideReader, override: float | None) -> tupl
         log.warning("%s: ignoring implausible µm/px %g from %s", path, value, src)
     if found is not None:
         mpp_y = props.get(f"{key}-y")
-        if source.endswith("-x") and mpp_y is not None and not _close(float(mpp_y), found):
+        if source.endswith("-x") and mpp_y is not None and not same_mpp(float(mpp_y), found):
             log.warning("%s: pixels are not square (%g x %g µm); using %g", path, found, float(mpp_y), found)
-        if override is not None and not _close(override, found):
+        if override is not None and not same_mpp(override, found):
             log.warning("%s: slides.mpp_override %g differs from the file's %g µm/px (%s); the file's value "
                         "is used, the override only applies to files without one", path, override, found, source)
         return found, source
@@ -300,3 +309,144 @@ def _check_tiff_complete(path: Path) -> None:
         raise
     except Exception as e:
         raise InputError(path, None, f"corrupt TIFF structure ({type(e).__name__}: {e})", fix) from e
+
+
+# -- reading tiles --------------------------------------------------------------------------------
+class SlideTiles:
+    """Reads tile windows at the target µm/px through the slide backend, one reader per thread
+    (backends keep per-handle caches and state; separate handles keep threads independent)."""
+
+    def __init__(self, path: Path, backend: str, mpp_override: float | None, target_mpp: float) -> None:
+        self._open = lambda: open_slide(path, backend=backend, mpp_override=mpp_override)
+        self.target_mpp = target_mpp
+        self._local = threading.local()
+        self._readers: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _reader(self):
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = self._open()
+            self._local.reader = reader
+            with self._lock:
+                self._readers.append(reader)
+        return reader
+
+    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """(h, w, 3) uint8 RGB of the window at (x, y), all in pixels at ``target_mpp`` µm/px."""
+        rgb = self._reader().read(x, y, w, h, self.target_mpp)
+        return np.asarray(rgb)[..., :3]
+
+    def close(self) -> None:
+        for reader in self._readers:
+            reader.close()
+        self._readers.clear()
+
+
+class TiffLevelTiles:
+    """Decodes windows of one tiled TIFF pyramid level straight from the file.
+
+    Used when the target µm/px is that level's: a read is then a pure decode, with no resampling and
+    no backend overhead. ``os.pread`` keeps reads thread-safe without a shared file position.
+    """
+
+    def __init__(self, path: Path, page: Any, fd: int, tiff: Any) -> None:
+        self.path = path
+        self._page = page
+        self._tiff = tiff
+        self._fd = fd
+        self.tile_h, self.tile_w = int(page.tilelength), int(page.tilewidth)
+        self.height, self.width = int(page.imagelength), int(page.imagewidth)
+        self._tiles_x = -(-self.width // self.tile_w)
+        self._offsets = page.dataoffsets
+        self._counts = page.databytecounts
+        self._jpegtables = getattr(page, "jpegtables", None)
+        self._decode = page.decode
+
+    @classmethod
+    def open(cls, path: Path, level_dimensions: tuple[int, int]) -> TiffLevelTiles | None:
+        """The level of ``path`` whose (w, h) is ``level_dimensions``, if it is a plain tiled RGB
+        uint8 TIFF page; otherwise None (the caller falls back to the slide backend)."""
+        try:
+            import tifffile
+
+            tiff = tifffile.TiffFile(path)
+        except Exception:  # not a TIFF tifffile understands: use the backend
+            return None
+        try:
+            w, h = level_dimensions
+            for page in tiff.pages:
+                if (int(page.imagewidth), int(page.imagelength)) != (w, h):
+                    continue
+                if (page.is_tiled and page.samplesperpixel == 3 and page.dtype == np.uint8
+                        and page.planarconfig == 1 and int(page.imagedepth) == 1
+                        and len(page.dataoffsets) == -(-h // page.tilelength) * -(-w // page.tilewidth)):
+                    fd = os.open(path, os.O_RDONLY)
+                    return cls(path, page, fd, tiff)
+                break
+        except Exception:  # unusual page structure: use the backend
+            pass
+        tiff.close()
+        return None
+
+    def _tile(self, ty: int, tx: int) -> np.ndarray:
+        i = ty * self._tiles_x + tx
+        try:
+            data = os.pread(self._fd, int(self._counts[i]), int(self._offsets[i]))
+            arr, _, _ = self._decode(data, i, jpegtables=self._jpegtables)
+        except Exception as e:  # a corrupt tile surfaces here, as whatever the codec raises
+            raise InputError(self.path, None, f"cannot decode TIFF tile {i} of the level at ({tx}, {ty}): "
+                             f"{type(e).__name__}: {e}", "the slide file is damaged; copy or export it again") from e
+        return arr.reshape(arr.shape[-3:])
+
+    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """(h, w, 3) uint8 RGB of the window at (x, y) of this level (inside the level)."""
+        if x == (x // self.tile_w) * self.tile_w and y == (y // self.tile_h) * self.tile_h \
+                and w <= self.tile_w and h <= self.tile_h:
+            return self._tile(y // self.tile_h, x // self.tile_w)[:h, :w]
+        out = np.empty((h, w, 3), dtype=np.uint8)
+        for ty in range(y // self.tile_h, (y + h - 1) // self.tile_h + 1):
+            for tx in range(x // self.tile_w, (x + w - 1) // self.tile_w + 1):
+                tile = self._tile(ty, tx)
+                y0, x0 = ty * self.tile_h, tx * self.tile_w
+                ys, xs = max(y, y0), max(x, x0)
+                ye, xe = min(y + h, y0 + self.tile_h), min(x + w, x0 + self.tile_w)
+                out[ys - y:ye - y, xs - x:xe - x] = tile[ys - y0:ye - y0, xs - x0:xe - x0]
+        return out
+
+    def close(self) -> None:
+        os.close(self._fd)
+        self._tiff.close()
+
+
+def matching_level(slide: Any, target_mpp: float) -> int | None:
+    """The pyramid level the slide reader returns unresampled for ``target_mpp`` (its µm/px equals
+    the target within :data:`sedm.tiling.slides.MPP_RTOL`), or None when reads are resampled."""
+    level = slide.best_level(target_mpp)
+    return level if same_mpp(slide.level_mpp(level), target_mpp) else None
+
+
+def tile_reader(slide: Any, slide_path: Path, scfg: dict, target_mpp: float, level: int | None,
+                cells: list[tuple[int, int]], tile_size: int):
+    """The fastest correct reader of target-µm/px windows: a TIFF level decoder when the target is a
+    stored level and it decodes a probe tile like the backend does, else the backend itself."""
+    backend = SlideTiles(slide_path, scfg["backend"], scfg["mpp_override"], target_mpp)
+    if level is None or not cells:
+        return backend, False
+    fast = TiffLevelTiles.open(slide_path, tuple(int(v) for v in slide.level_dimensions[level]))
+    if fast is None:
+        return backend, False
+    row, col = cells[len(cells) // 2]
+    y, x = row * tile_size, col * tile_size
+    h, w = min(tile_size, fast.height - y), min(tile_size, fast.width - x)
+    try:
+        same = np.abs(fast.read(x, y, w, h).astype(np.int16) - backend.read(x, y, w, h)).mean() <= 1.0
+    except Exception as exc:  # an encoding tifffile cannot decode: the backend can
+        log.debug("direct TIFF decode of %s failed (%s); using %s", slide_path, exc, slide.backend)
+        same = False
+    if not same:
+        fast.close()
+        return backend, False
+    backend.close()
+    log.debug("reading level %d of %s by direct TIFF decode", level, slide_path)
+    return fast, True

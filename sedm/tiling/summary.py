@@ -1,7 +1,7 @@
 """``sedm tiling-summary``: one row per slide from the tile tables, for the report and for humans.
 
 Everything comes from the tile tables themselves (rows plus the provenance each table carries in
-its parquet metadata, see :mod:`sedm.tiling`), so the summary depends on exactly the files the
+its parquet metadata, see :mod:`sedm.tiling.table`), so the summary depends on exactly the files the
 workflow declares as its inputs, and slides without tissue still get a row.
 """
 
@@ -16,7 +16,7 @@ import pandas as pd
 from sedm.atomic import write_text
 from sedm.config import load_samples
 from sedm.errors import InputError
-from sedm.store import fraction_columns
+from sedm.tiling.table import fraction_columns, read_table_metadata
 
 SUMMARY_COLUMNS = ("slide_id", "patient_id", "role", "source_mpp", "target_mpp", "width", "height",
                    "n_tiles", "tissue_area_mm2")
@@ -27,8 +27,6 @@ averaged over the slide's tiles (empty for a slide without tiles). ``width``/``h
 
 def summarise_table(path: str | Path) -> dict:
     """The summary row of one tile table (without the sample-sheet columns)."""
-    from sedm.tiling import read_table_metadata
-
     path = Path(path)
     if not path.is_file():
         raise InputError(path, None, "tile table not found", "run `sedm tile` for the slide first")
