@@ -34,7 +34,7 @@ def _inputs(model: StedmModel, b: int, n: int, size: int, style_size: int | None
 @pytest.mark.parametrize("size,n", [(32, 1), (64, 3)])
 def test_forward_shapes(classes, cross_attention, size, n):
     model = micro_model(classes, cross_attention=cross_attention, patch_size=size, aggregation="attention")
-    assert model.config.n_layout == n_layout_channels(classes)
+    assert model.config.n_layout == n_layout_channels(classes, tissue_channel=model.config.tissue_channel)
     sample, t, layout, styles = _inputs(model, 2, n, size, style_size=48)
     drop = torch.tensor([False, True])
     out = model(sample, t, layout, styles, drop)
@@ -206,3 +206,19 @@ def test_latent_requires_autoencoder_dir(tmp_path):
 
     with pytest.raises(InputError, match="AutoencoderKL"):
         load_latent_codec(tmp_path)
+
+
+def test_stain_statistics_path_and_layout_channel_can_be_switched_off():
+    """The departures from the paper are ablatable: without them the model has the paper's inputs."""
+    plain = micro_model(stain_statistics=False, layout_drop=0.0)
+    assert plain.stain_proj is None and plain.config.n_layout == n_layout_channels(plain.config.classes)
+    full = micro_model(stain_statistics=True, layout_drop=0.1)
+    assert full.stain_proj is not None and full.config.n_layout == plain.config.n_layout + 1
+    # the stain path alone already tells a pink from a blue style patch set
+    styles = torch.stack([torch.tensor([0.7, 0.2, 0.6]), torch.tensor([0.2, 0.3, 0.8])])[:, None, :, None, None]
+    styles = styles.expand(2, 3, 3, 16, 16) * 2 - 1
+    full.style_encoder.requires_grad_(False)
+    for p in full.style_encoder.parameters():
+        p.zero_()
+    vec = full.encode_style(styles).vector
+    assert not torch.allclose(vec[0], vec[1])

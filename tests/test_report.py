@@ -86,6 +86,15 @@ def write_results(root: Path, class_name: str = "tumour") -> None:
         "source": {"mean": [0.2, 0.1, 0.3], "std": [0.02, 0.01, 0.03], "pixels": 3000},
         "hed_distance": 0.0179, "hed_distance_source": 0.1418, "style_fidelity": 0.8738,
     }))
+    (root / "synthesis/style_check.json").write_text(json.dumps({  # as sedm style-check writes it
+        "transfer": {"median": 0.6543, "min": 0.3121, "n_pairs": 1, "n_skipped": 0,
+                     "pairs": [{"a": "U1", "b": "U2", "style_distance": 0.2, "output_distance": 0.13086,
+                                "ratio": 0.6543, "output_glass": False}]},
+        "separability": {"trained": 7.25, "random_init": 0.0812, "patches_per_slide": 16}}))
+    _png(root / "synthesis/style_grid.png", (120, 60, 160), (200, 150))
+    (root / "eval").mkdir()
+    (root / "eval/layout_fidelity.json").write_text(json.dumps({  # as sedm layout-fidelity writes it
+        "arm": "real", "macro_dice": 0.4567, "real_val_macro_dice": 0.789, "per_slide": {"U1": 0.4567}}))
     for arm_i, arm in enumerate(ARMS):
         run_dir = root / f"segmentation/{arm}/run"
         run_dir.mkdir(parents=True)
@@ -99,7 +108,6 @@ def write_results(root: Path, class_name: str = "tumour") -> None:
             pp.append({"arm": arm, "patient_id": patient, "n_slides": 1 + (patient == "P5"), "n_pixels": 1000,
                        f"dice_{class_name}": dice, f"iou_{class_name}": dice / (2 - dice),
                        "macro_dice": dice, "macro_iou": dice / (2 - dice), "confusion": "[[0, 1], [2, 3]]"})
-    (root / "eval").mkdir()
     pd.DataFrame(pp).to_csv(root / "eval/per_patient.csv", index=False)
     pd.DataFrame([{"arm": a, "slide_id": s, "patient_id": p} for a in ARMS for s, p, r in SLIDES if r == "test"]
                  ).to_csv(root / "eval/per_slide.csv", index=False)
@@ -181,6 +189,11 @@ def test_full_report_shows_every_section_deterministically(cohort, tmp_path):
     assert re.search(r"<td>mean H</td><td class=\"num\">0\.100</td><td class=\"num\">0\.110</td>"
                      r"<td class=\"num\">0\.200</td>", html)
     assert "style_fidelity" in text and "0.874" in text
+    # style transfer: the measures' headline numbers, the pair table and the style grid
+    transfer = re.search(r'<section id="style-transfer">(.*?)</section>', html, flags=re.S).group(1)
+    for number in ("0.654", "0.312", "7.250", "0.081", "0.457", "0.789"):
+        assert number in transfer, number
+    assert "<td>U1</td><td>U2</td>" in transfer and "style_grid" in {f.name for f in figures}
     # per-class numbers as the summary holds them; confusion matrices are not shown
     assert "pooled_dice" in text and "[[0, 1]" not in text
     # best and worst patient of the stedm arm, with their slides, for every arm
@@ -223,7 +236,8 @@ def test_partial_pipeline_sections_say_not_run(tmp_path, capsys):
     assert rc == 0
     html = out.read_text()
     text = _text(html)
-    for section in ("tiling", "diffusion", "synthesis", "segmentation", "evaluation", "predictions", "compute"):
+    for section in ("tiling", "diffusion", "style-transfer", "synthesis", "segmentation", "evaluation", "predictions",
+                    "compute"):
         body = re.search(rf'<section id="{section}">(.*?)</section>', html, flags=re.S).group(1)
         assert "Not run." in body, section
     assert "n_tiles" in text  # the cohort table still shows what the tiling summary has

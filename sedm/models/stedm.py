@@ -13,10 +13,12 @@ How conditioning enters, and why it differs from the published STEDM:
 * Style tokens (``cross_attention: true``): the N per-patch vectors before aggregation are also
   offered to cross-attention layers at the attention levels (``UNet2DConditionModel``), one token per
   style patch, so the network can attend to the patch that matches a region.
-* Stain statistics (``stain_statistics: true``): the encoder's pooled features are joined by each
-  patch's mean and standard deviation of optical density over tissue pixels
-  (:func:`sedm.stain.statistics.od_moments_torch`), a parameter-free route for the stain colour that
-  a randomly initialised CNN otherwise has to discover first. An ablatable departure from the paper.
+* Stain statistics (``stain_statistics: true``): the mean and standard deviation of optical density
+  over the style patches' tissue pixels (:func:`sedm.stain.statistics.od_moments_torch`, averaged
+  over the N patches), through a small MLP, are added to the aggregated style vector: a
+  parameter-free, low-noise route for the slide's stain that a randomly initialised CNN otherwise
+  has to discover first, while the encoder stays free to learn what the statistics miss (texture,
+  sharpness). An ablatable departure from the paper.
 * Layout dropout (``tissue_channel: true``): during training a share of layouts is replaced by the
   tissue mask under a "tissue, class unknown" value, so a layout can be derived from any image.
 * Classifier-free guidance: a dropped style is replaced by a *learned* null vector and null token
@@ -40,6 +42,12 @@ from sedm.labels import n_layout_channels
 from sedm.models.aggregation import build_aggregation
 from sedm.models.codec import PixelCodec
 from sedm.models.style_encoder import StyleEncoder
+from sedm.stain.statistics import od_moments_torch
+
+N_STAIN_STATISTICS = 6
+"""Mean and standard deviation of the R, G, B optical density over tissue (``od_moments_torch``)."""
+STAIN_STATISTICS_NORM = ((0.35, 0.35, 0.35, 0.2, 0.2, 0.2), (0.2, 0.2, 0.2, 0.1, 0.1, 0.1))
+"""(centre, scale) bringing H&E tissue's OD moments to roughly unit range before the projection."""
 
 
 @dataclass
@@ -179,7 +187,10 @@ class StedmModel(nn.Module):
         super().__init__()
         self.config = config
         d = config.style_dim
-        self.style_encoder = StyleEncoder(d, config.style_encoder_channels, config.stain_statistics)
+        self.style_encoder = StyleEncoder(d, config.style_encoder_channels)
+        # parameter-free stain statistics of the style patches, mapped into the style vector
+        self.stain_proj = nn.Sequential(nn.Linear(N_STAIN_STATISTICS, d), nn.SiLU(), nn.Linear(d, d)) \
+            if config.stain_statistics else None
         self.aggregation = build_aggregation(config.aggregation, d, config.n_style)
         self.null_style = nn.Parameter(torch.randn(d) * 0.02)
         # tokens only reach the UNet through cross-attention; a parameter without gradient breaks DDP
@@ -198,8 +209,14 @@ class StedmModel(nn.Module):
             raise InputError(None, "style images", f"expected (B, N, 3, h, w), got {tuple(style_images.shape)}",
                              "pass N RGB style patches per sample")
         b, n = style_images.shape[:2]
-        tokens = self.style_encoder(style_images.flatten(0, 1)).view(b, n, -1)
-        return StyleCondition(self.aggregation(tokens), tokens)
+        patches = style_images.flatten(0, 1)
+        tokens = self.style_encoder(patches).view(b, n, -1)
+        vector = self.aggregation(tokens)
+        if self.stain_proj is not None:
+            stats = od_moments_torch(patches).view(b, n, -1).mean(1)
+            centre, scale = (torch.tensor(v, device=stats.device) for v in STAIN_STATISTICS_NORM)
+            vector = vector + self.stain_proj(((stats - centre) / scale).to(vector.dtype))
+        return StyleCondition(vector, tokens)
 
     def null_condition(self, batch: int, n_tokens: int) -> StyleCondition:
         """The learned "no style" condition (classifier-free guidance's unconditional branch)."""

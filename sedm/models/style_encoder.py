@@ -19,10 +19,6 @@ import torch
 from torch import nn
 
 from sedm.errors import InputError
-from sedm.stain.statistics import od_moments_torch
-
-N_STAIN_STATISTICS = 6
-"""Mean and standard deviation of the R, G, B optical density (``od_moments_torch``)."""
 
 
 def _groups(channels: int) -> int:
@@ -50,12 +46,10 @@ class StyleEncoder(nn.Module):
     """(B, 3, H, W) in [-1, 1] -> (B, style_dim).
 
     ``channels`` gives the width of each stage; every stage halves the resolution (strided conv) and
-    adds one residual block. With ``stain_statistics`` the head also reads the patch's optical-density
-    moments, so stain colour reaches the style vector from the first step on.
+    adds one residual block.
     """
 
-    def __init__(self, style_dim: int, channels: list[int] | tuple[int, ...] = (32, 64, 128),
-                 stain_statistics: bool = False) -> None:
+    def __init__(self, style_dim: int, channels: list[int] | tuple[int, ...] = (32, 64, 128)) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(3, channels[0], 3, padding=1)]
         prev = channels[0]
@@ -64,16 +58,13 @@ class StyleEncoder(nn.Module):
             prev = width
         layers += [nn.GroupNorm(_groups(prev), prev), nn.SiLU()]
         self.features = nn.Sequential(*layers)
-        self.stain_statistics = stain_statistics
-        self.head = nn.Linear(2 * prev + (N_STAIN_STATISTICS if stain_statistics else 0), style_dim)
+        self.head = nn.Linear(2 * prev, style_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x).flatten(2)
         # std over pixels + eps: a flat (e.g. constant) patch still has a finite, differentiable std
-        moments = [f.mean(-1), (f.var(-1, unbiased=False) + 1e-6).sqrt()]
-        if self.stain_statistics:
-            moments.append(od_moments_torch(x).to(f.dtype))
-        return self.head(torch.cat(moments, dim=1))
+        moments = torch.cat([f.mean(-1), (f.var(-1, unbiased=False) + 1e-6).sqrt()], dim=1)
+        return self.head(moments)
 
 
 def load_encoder_weights(encoder: StyleEncoder, path: str | Path) -> None:

@@ -83,6 +83,7 @@ def build_report(config: dict, samples: pd.DataFrame, results: str | Path, *, ti
         "cohort": stages.cohort_section(samples, layout),
         "tiling": stages.tiling_section(samples, layout, figures),
         "diffusion": stages.diffusion_section(layout, figures),
+        "style_transfer": stages.style_transfer_section(layout, figures),
         "synthesis": stages.synthesis_section(samples, layout, figures),
         "segmentation": stages.segmentation_section(layout, figures),
         "evaluation": scores,

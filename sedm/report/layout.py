@@ -51,6 +51,18 @@ class ResultsLayout:
         samples = [p for p in pngs if "sample" in p.relative_to(run).as_posix().lower()]
         return samples or pngs  # other PNGs (plots) only when nothing is named as samples
 
+    @property
+    def style_check(self) -> Path:
+        return self._p("style_check")
+
+    @property
+    def style_grid(self) -> Path:
+        return self._p("style_grid")
+
+    @property
+    def layout_fidelity(self) -> Path:
+        return self._p("layout_fidelity")
+
     def synthesis_montage(self, slide: str) -> Path:
         return self._p("synthesis_montage", slide=slide)
 

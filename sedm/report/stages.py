@@ -196,6 +196,38 @@ def synthesis_section(samples: pd.DataFrame, layout: ResultsLayout, figures: lis
     return {"ran": True, "items": items, "n_slides": len(slides), "overview": overview}
 
 
+def style_transfer_section(layout: ResultsLayout, figures: list[Figure]) -> dict:
+    """Does the model take style from its style patches (``sedm style-check``), and do its tiles carry
+    what makes a class recognisable (``sedm layout-fidelity``)? Headline numbers, pairs, style grid."""
+    check, fidelity = read_json(layout.style_check), read_json(layout.layout_fidelity)
+    if check is None and fidelity is None:
+        return not_run([layout.style_check, layout.layout_fidelity])
+    out: dict[str, Any] = {"ran": True, "headline": {}, "pairs": None, "grid": None}
+    if check is not None:
+        t, s = check["transfer"], check["separability"]
+        out["headline"].update({
+            "transfer ratio (median over pairs)": fmt(t["median"]),
+            "transfer ratio (worst pair)": fmt(t["min"]),
+            "pairs of style sources": f"{t['n_pairs']} ({t['n_skipped']} skipped: styles too alike)",
+            "style separability, trained model": fmt(s["trained"]),
+            "style separability, random init": fmt(s["random_init"]),
+        })
+        out["pairs"] = Table(["style A", "style B", "style distance (OD)", "output distance (OD)", "ratio"],
+                             [[p["a"], p["b"], fmt(p["style_distance"]), fmt(p["output_distance"]), fmt(p["ratio"])]
+                              for p in t["pairs"]], [False, False, True, True, True])
+        png = png_bytes(layout.style_grid)
+        if png is not None:
+            out["grid"] = Figure("synthesis", "style_grid", png, "Style grid: rows = layouts, columns = the "
+                                 "unlabelled slides' styles (top: one of their style patches)")
+            figures.append(out["grid"])
+    if fidelity is not None:
+        out["headline"].update({
+            f"layout fidelity: {fidelity.get('arm')} arm's macro Dice on synthetic tiles": fmt(fidelity["macro_dice"]),
+            "... on real validation tiles": fmt(fidelity.get("real_val_macro_dice")),
+        })
+    return out
+
+
 def _sum(values: pd.Series) -> float:
     return values.sum(min_count=1)  # all-missing stays missing instead of becoming 0
 
