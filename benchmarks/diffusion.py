@@ -8,7 +8,10 @@
    is the reference; DPM-Solver++ and DDIM at 10-25 steps are scored by their distance to it (RMSE
    in [0, 1] intensity, and PSNR) and by seconds per image. A sampler that lands close to DDIM-128 in
    a fraction of the steps gives the same images for a fraction of the cost.
-4. On CUDA only: the ``paper`` preset's training img/s with bf16 + channels_last, with and without
+4. Style measures (``sedm.synthesis.style_check``): transfer ratio over the pairs of style sources and
+   the separability of single-patch style vectors (next to a randomly initialised model's), on the toy
+   stores plus one toy stain the model never trained on, or on ``--style-stores`` with ``--model``.
+5. On CUDA only: the ``paper`` preset's training img/s with bf16 + channels_last, with and without
    ``torch.compile``, on inputs already on the GPU; then the real trainer (loading from Zarr stores with
    0, 4 and 8 loader workers) to see whether data loading keeps up; sampling img/s in bf16 and fp32.
    (Skipped with a note on machines without CUDA.)
@@ -207,10 +210,35 @@ def cuda_trainer_bench(batch: int, steps: int = 60) -> dict:
     return out
 
 
+def style_figures(model_dir: Path, layout_stores: list[Path], style_stores: list[Path], seed: int = 0) -> dict:
+    """Transfer ratio and separability of ``model_dir`` (the figures ``sedm style-check`` reports)."""
+    from sedm.seeds import rng_for
+    from sedm.synthesis.generate import Generator
+    from sedm.synthesis.layouts import LayoutSampler
+    from sedm.synthesis.style_check import StyleSet, annotated_layouts, style_measures
+    from sedm.synthesis.styles import StoreStyleSource
+
+    gen = Generator(model_dir, steps=20)
+    cfg = gen.config
+    mpp = float(cfg.mpp or 1.0)
+    sampler = LayoutSampler(layout_stores, classes=cfg.classes, patch_size=cfg.patch_size, mpp=mpp,
+                            augment={"flips": False, "rot90": False, "affine": False})
+    labels = annotated_layouts(sampler, 4, rng_for(seed, "bench", "layouts"))
+    sources = [StoreStyleSource(p, size=cfg.style_patch_size, mpp=mpp, min_tissue_fraction=0.5) for p in style_stores]
+    styles = [StyleSet(s.slide_id, s.draw(rng_for(seed, "bench", s.slide_id), cfg.n_style)[0]) for s in sources]
+    patches = {s.slide_id: s.draw(rng_for(seed, "bench-enc", s.slide_id), 16)[0] for s in sources}
+    measures, _ = style_measures(gen, labels, styles, patches, seed)
+    t, s = measures["transfer"], measures["separability"]
+    return {"transfer_ratio_median": t["median"], "transfer_ratio_min": t["min"], "transfer_pairs": t["n_pairs"],
+            "separability_trained": s["trained"], "separability_random_init": s["random_init"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="trained model directory for the sampler comparison")
     parser.add_argument("--stores", nargs="*", default=None, help="stores for layouts/styles (with --model)")
+    parser.add_argument("--style-stores", nargs="*", default=None,
+                        help="style sources for the style measures (with --model; e.g. the unlabelled stores)")
     parser.add_argument("--train-steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1)
@@ -234,6 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         _, sec = _sample(pipe, layout, style, "dpmpp", 20, 0)
         sample_img_s = len(layout) / sec
         rows, ddim128_s = sampler_table(model, layout, style)
+        if args.model:
+            style_result = style_figures(Path(args.model), stores or [],
+                                         [Path(s) for s in args.style_stores or stores or []])
+        else:  # the two training stains and one the model never saw
+            unseen = make_toy_store(Path(tmp) / "unseen.zarr", slide_id="unseen", size=384, classes=CLASSES,
+                                    tile_size=128, style=2, seed=2)
+            style_result = style_figures(tiny_dir, toy, [*toy, unseen])
 
     print(f"\n{'sampler':8} {'steps':>5} {'RMSE->DDIM128':>14} {'PSNR dB':>8} {'s/img':>8} {'speed-up':>9}")
     for r in rows:
@@ -249,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         "sample_setting": "dpmpp 20 steps, guidance 1.5 (2 UNet calls/step)",
         "sampler_model": args.model or "tiny trained in this run",
         "sampler_table": rows,
+        "style": style_result,
         "cuda_paper": cuda,
     }
     print(json.dumps(result))

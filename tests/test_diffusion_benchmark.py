@@ -40,3 +40,15 @@ def test_sampler_table_reference_and_rows(bench):
     # DDIM converges to its own many-step result as steps grow
     ddim = {r["steps"]: r["rmse_to_ddim128"] for r in rows if r["sampler"] == "ddim"}
     assert ddim[20] < ddim[4]
+
+
+def test_style_figures_of_a_model_on_toy_stores(bench, tmp_path):
+    """The JSON line's style figures are there and finite for a (random) model on toy stores."""
+    from builders.diffusion import make_stores
+    from builders.synthesis import make_model
+
+    stores = make_stores(tmp_path, n=3, size=192)
+    out = bench.style_figures(make_model(tmp_path / "m"), stores[:2], stores)
+    assert out["transfer_pairs"] == 3
+    assert np.isfinite(out["transfer_ratio_min"]) and out["transfer_ratio_min"] <= out["transfer_ratio_median"]
+    assert out["separability_trained"] > 0 and out["separability_random_init"] > 0

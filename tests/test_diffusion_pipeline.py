@@ -86,7 +86,7 @@ def test_samplers_and_input_forms(model, sampler):
     labels, styles = _batch()
     pipe = StedmPipeline(model, sampling_scheduler(model.config, sampler))
     from_labels = pipe(labels, styles, steps=3, seed=0)
-    onehot = torch.from_numpy(one_hot(labels, 3))
+    onehot = torch.from_numpy(one_hot(labels, model.config.n_layout))
     style_t = torch.from_numpy(np.moveaxis(styles, -1, 2).astype(np.float32) / 127.5 - 1)
     from_tensors = pipe(onehot, style_t, steps=3, seed=0)
     assert np.array_equal(from_labels, from_tensors)

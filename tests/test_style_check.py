@@ -58,6 +58,16 @@ def test_transfer_ratio_zero_when_style_is_ignored():
     assert summary["min"] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_transfer_ratio_is_negative_when_outputs_move_against_the_style():
+    """Colour that reacts to style, but the wrong way (inverted): far in distance, negative in transfer."""
+    def inverted(labels, styles, seed):
+        return _follows_style(labels, 255 - styles, seed)
+
+    summary, _ = transfer_ratio(inverted, _labels(), _styles(), seed=1)
+    assert summary["median_distance_ratio"] > 0.5
+    assert summary["median"] < 0 and summary["min"] < 0
+
+
 def test_transfer_ratio_counts_glass_outputs_as_failure_and_skips_identical_styles():
     def glass(labels, styles, seed):
         return np.full((*labels.shape, 3), 250, np.uint8)

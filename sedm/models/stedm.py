@@ -15,10 +15,12 @@ How conditioning enters, and why it differs from the published STEDM:
   style patch, so the network can attend to the patch that matches a region.
 * Stain statistics (``stain_statistics: true``): the mean and standard deviation of optical density
   over the style patches' tissue pixels (:func:`sedm.stain.statistics.od_moments_torch`, averaged
-  over the N patches), through a small MLP, are added to the aggregated style vector: a
-  parameter-free, low-noise route for the slide's stain that a randomly initialised CNN otherwise
-  has to discover first, while the encoder stays free to learn what the statistics miss (texture,
-  sharpness). An ablatable departure from the paper.
+  over the N patches) enter twice: through a small MLP into the style vector, and as six constant
+  input channels of the UNet beside the layout, so the first convolution (and the skip paths from
+  it) can map stain to colour directly. A parameter-free, low-noise route for the slide's stain that
+  a randomly initialised CNN otherwise has to discover first, while the encoder stays free to learn
+  what the statistics miss (texture, sharpness). A learned null value stands in for dropped styles.
+  An ablatable departure from the paper, whose style acts only as one bottleneck bias.
 * Layout dropout (``tissue_channel: true``): during training a share of layouts is replaced by the
   tissue mask under a "tissue, class unknown" value, so a layout can be derived from any image.
 * Classifier-free guidance: a dropped style is replaced by a *learned* null vector and null token
@@ -124,14 +126,17 @@ class StedmConfig:
 
 @dataclass
 class StyleCondition:
-    """A style as the denoiser consumes it: aggregated vector (B, D) and per-patch tokens (B, N, D)."""
+    """A style as the denoiser consumes it: aggregated vector (B, D), per-patch tokens (B, N, D) and,
+    for models with ``stain_statistics``, the style patches' normalised stain statistics (B, 6)."""
 
     vector: torch.Tensor
     tokens: torch.Tensor
+    stain: torch.Tensor | None = None
 
     def cat(self, other: "StyleCondition") -> "StyleCondition":
         """Batch-concatenate (used for the conditional + unconditional pass of guidance)."""
-        return StyleCondition(torch.cat([self.vector, other.vector]), torch.cat([self.tokens, other.tokens]))
+        stain = None if self.stain is None else torch.cat([self.stain, other.stain])
+        return StyleCondition(torch.cat([self.vector, other.vector]), torch.cat([self.tokens, other.tokens]), stain)
 
 
 def _check_unet_shape(cfg: StedmConfig) -> None:
@@ -154,7 +159,7 @@ def build_unet(cfg: StedmConfig) -> nn.Module:
     _check_unet_shape(cfg)
     common = dict(
         sample_size=cfg.sample_size,
-        in_channels=cfg.image_channels + cfg.n_layout,
+        in_channels=cfg.image_channels + cfg.n_layout + (N_STAIN_STATISTICS if cfg.stain_statistics else 0),
         out_channels=cfg.image_channels,
         block_out_channels=tuple(cfg.block_out_channels),
         layers_per_block=cfg.layers_per_block,
@@ -188,9 +193,10 @@ class StedmModel(nn.Module):
         self.config = config
         d = config.style_dim
         self.style_encoder = StyleEncoder(d, config.style_encoder_channels)
-        # parameter-free stain statistics of the style patches, mapped into the style vector
+        # parameter-free stain statistics of the style patches: into the style vector and the UNet input
         self.stain_proj = nn.Sequential(nn.Linear(N_STAIN_STATISTICS, d), nn.SiLU(), nn.Linear(d, d)) \
             if config.stain_statistics else None
+        self.null_stain = nn.Parameter(torch.zeros(N_STAIN_STATISTICS)) if config.stain_statistics else None
         self.aggregation = build_aggregation(config.aggregation, d, config.n_style)
         self.null_style = nn.Parameter(torch.randn(d) * 0.02)
         # tokens only reach the UNet through cross-attention; a parameter without gradient breaks DDP
@@ -211,19 +217,21 @@ class StedmModel(nn.Module):
         b, n = style_images.shape[:2]
         patches = style_images.flatten(0, 1)
         tokens = self.style_encoder(patches).view(b, n, -1)
-        vector = self.aggregation(tokens)
+        vector, stain = self.aggregation(tokens), None
         if self.stain_proj is not None:
             stats = od_moments_torch(patches).view(b, n, -1).mean(1)
             centre, scale = (torch.tensor(v, device=stats.device) for v in STAIN_STATISTICS_NORM)
-            vector = vector + self.stain_proj(((stats - centre) / scale).to(vector.dtype))
-        return StyleCondition(vector, tokens)
+            stain = ((stats - centre) / scale).to(vector.dtype)
+            vector = vector + self.stain_proj(stain)
+        return StyleCondition(vector, tokens, stain)
 
     def null_condition(self, batch: int, n_tokens: int) -> StyleCondition:
         """The learned "no style" condition (classifier-free guidance's unconditional branch)."""
         vec = self.null_style.expand(batch, -1)
+        stain = None if self.null_stain is None else self.null_stain.expand(batch, -1)
         if self.null_token is None:  # no cross-attention: tokens are never read
-            return StyleCondition(vec, vec.new_zeros(batch, n_tokens, vec.shape[-1]))
-        return StyleCondition(vec, self.null_token.expand(batch, n_tokens, -1))
+            return StyleCondition(vec, vec.new_zeros(batch, n_tokens, vec.shape[-1]), stain)
+        return StyleCondition(vec, self.null_token.expand(batch, n_tokens, -1), stain)
 
     def drop_style(self, style: StyleCondition, drop: torch.Tensor) -> StyleCondition:
         """Replace the style of samples where ``drop`` (B,) is true by the null style.
@@ -234,7 +242,9 @@ class StedmModel(nn.Module):
         null = self.null_condition(*style.tokens.shape[:2])
         vec = torch.where(drop[:, None], null.vector.to(style.vector.dtype), style.vector)
         tok = torch.where(drop[:, None, None], null.tokens.to(style.tokens.dtype), style.tokens)
-        return StyleCondition(vec, tok)
+        stain = None if style.stain is None else \
+            torch.where(drop[:, None], null.stain.to(style.stain.dtype), style.stain)
+        return StyleCondition(vec, tok, stain)
 
     # -- denoiser ---------------------------------------------------------------------------------
     def prepare_layout(self, layout: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -253,7 +263,10 @@ class StedmModel(nn.Module):
                 style: StyleCondition) -> torch.Tensor:
         """One UNet evaluation: prediction (epsilon or v, see ``config.prediction_type``)."""
         layout = self.prepare_layout(layout, sample.shape[-2:]).to(sample.dtype)
-        x = torch.cat([sample, layout], dim=1)
+        inputs = [sample, layout]
+        if self.config.stain_statistics:  # constant maps: every pixel sees the stain from the first conv on
+            inputs.append(style.stain.to(sample.dtype)[:, :, None, None].expand(-1, -1, *sample.shape[-2:]))
+        x = torch.cat(inputs, dim=1)
         emb = self.style_proj(style.vector)
         if self.config.cross_attention:
             return self.unet(x, timestep, encoder_hidden_states=style.tokens, class_labels=emb).sample

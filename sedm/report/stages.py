@@ -212,9 +212,11 @@ def style_transfer_section(layout: ResultsLayout, figures: list[Figure]) -> dict
             "style separability, trained model": fmt(s["trained"]),
             "style separability, random init": fmt(s["random_init"]),
         })
-        out["pairs"] = Table(["style A", "style B", "style distance (OD)", "output distance (OD)", "ratio"],
-                             [[p["a"], p["b"], fmt(p["style_distance"]), fmt(p["output_distance"]), fmt(p["ratio"])]
-                              for p in t["pairs"]], [False, False, True, True, True])
+        out["pairs"] = Table(["style A", "style B", "style distance (OD)", "output distance (OD)", "transfer ratio",
+                              "distance ratio"],
+                             [[p["a"], p["b"], fmt(p["style_distance"]), fmt(p["output_distance"]), fmt(p["ratio"]),
+                               fmt(p.get("distance_ratio"))] for p in t["pairs"]],
+                             [False, False, True, True, True, True])
         png = png_bytes(layout.style_grid)
         if png is not None:
             out["grid"] = Figure("synthesis", "style_grid", png, "Style grid: rows = layouts, columns = the "

@@ -5,10 +5,15 @@ style input altogether; its samples then look plausible and the synthetic arms a
 data. Three measures over the unlabelled slides (styles the diffusion model never trained on):
 
 * **Transfer ratio**: the same layouts and the same noise, sampled once with the style patches of
-  slide A and once with those of slide B. The distance between the outputs' mean tissue optical
-  density over the distance between the style patches' is ~0 when the style is ignored and ~1 when
-  the outputs move exactly as far as their style sources. Reported per pair and as the median;
-  pairs whose style patches are closer than :data:`MIN_STYLE_DISTANCE` say nothing and are skipped.
+  slide A and once with those of slide B. With ``d_style`` the difference of the style patches' mean
+  tissue optical density (B - A) and ``d_out`` that of the outputs, the ratio is the part of
+  ``d_out`` along ``d_style`` over ``|d_style|`` (``d_out . d_style / |d_style|^2``): ~0 when the style
+  is ignored, 1 when the outputs move exactly as far as their style sources and in their direction,
+  negative when they move the other way. The plain distance ratio ``|d_out| / |d_style|`` is reported
+  beside it but is not the measure: a model whose colour reacts to style arbitrarily (a randomly
+  initialised one, say) moves its outputs far, in no particular direction. Reported per pair and as
+  the median; pairs whose style patches are closer than :data:`MIN_STYLE_DISTANCE` say nothing and
+  are skipped.
 * **Encoder separability**: between-slide over within-slide variance of the style vectors the model
   makes of single patches (encoder, aggregation and, where the model has it, the stain-statistics
   path). Reported next to the same figure for a randomly initialised model of the same
@@ -78,18 +83,21 @@ def transfer_ratio(generate: GenerateFn, labels: np.ndarray, styles: Sequence[St
         if style_od[a] is None or style_od[b] is None:
             skipped += 1
             continue
-        d_style = float(np.linalg.norm(style_od[a] - style_od[b]))
+        v_style = style_od[b] - style_od[a]
+        d_style = float(np.linalg.norm(v_style))
         if d_style < MIN_STYLE_DISTANCE:
             skipped += 1
             continue
         glass = out_od[a] is None or out_od[b] is None
-        d_out = 0.0 if glass else float(np.linalg.norm(out_od[a] - out_od[b]))
-        pairs.append({"a": a, "b": b, "style_distance": d_style, "output_distance": d_out,
-                      "ratio": d_out / d_style, "output_glass": glass})
+        v_out = np.zeros(3) if glass else out_od[b] - out_od[a]
+        pairs.append({"a": a, "b": b, "style_distance": d_style, "output_distance": float(np.linalg.norm(v_out)),
+                      "ratio": float(v_out @ v_style) / d_style**2,
+                      "distance_ratio": float(np.linalg.norm(v_out)) / d_style, "output_glass": glass})
     ratios = [p["ratio"] for p in pairs]
     summary = {
         "median": float(np.median(ratios)) if ratios else None,
         "min": float(np.min(ratios)) if ratios else None,
+        "median_distance_ratio": float(np.median([p["distance_ratio"] for p in pairs])) if pairs else None,
         "n_pairs": len(pairs), "n_skipped": skipped, "pairs": pairs,
         "style_od": {k: None if v is None else [float(x) for x in v] for k, v in style_od.items()},
         "output_od": {k: None if v is None else [float(x) for x in v] for k, v in out_od.items()},
@@ -168,12 +176,30 @@ def _encoder_fn(model: Any) -> EncodeFn:
     return encode
 
 
-def measure(config: dict[str, Any], model_dir: str | Path, labelled: Sequence[str | Path],
-        style_stores: Sequence[str | Path], out: str | Path, grid: str | Path, device: str = "cpu") -> dict:
-    """Compute the measures for ``model_dir`` and write ``out`` (JSON) and ``grid`` (PNG)."""
+def style_measures(generator: Any, labels: np.ndarray, styles: Sequence[StyleSet],
+                   encoder_patches: Mapping[str, np.ndarray], seed: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """Transfer ratio and separability (trained and randomly initialised) of a
+    :class:`sedm.synthesis.generate.Generator`'s model, and the generated images per style."""
     import torch
 
     from sedm.models.stedm import StedmModel
+
+    transfer, outputs = transfer_ratio(generator, labels, styles, seed=seed)
+    torch.manual_seed(seed)
+    random_model = StedmModel(generator.config).eval()
+    return {
+        "transfer": transfer,
+        "separability": {
+            "trained": separability(_encoder_fn(generator.model), encoder_patches),
+            "random_init": separability(_encoder_fn(random_model), encoder_patches),
+            "patches_per_slide": len(next(iter(encoder_patches.values()))),
+        },
+    }, outputs
+
+
+def measure(config: dict[str, Any], model_dir: str | Path, labelled: Sequence[str | Path],
+            style_stores: Sequence[str | Path], out: str | Path, grid: str | Path, device: str = "cpu") -> dict:
+    """Compute the measures for ``model_dir`` and write ``out`` (JSON) and ``grid`` (PNG)."""
     from sedm.synthesis.generate import Generator, check_model, model_mpp
     from sedm.synthesis.layouts import LayoutSampler
     from sedm.synthesis.styles import StoreStyleSource
@@ -195,25 +221,17 @@ def measure(config: dict[str, Any], model_dir: str | Path, labelled: Sequence[st
                                               int(mcfg["n_style"]))[0]) for src in sources]
     generator = Generator(model_dir, device=device, sampler=syn["sampler"], steps=syn["steps"],
                           guidance_scale=syn["guidance_scale"], guidance_rescale=syn["guidance_rescale"])
-    transfer, outputs = transfer_ratio(generator, labels, styles, seed=seed)
-
     n_enc = int(check["encoder_patches"])
     enc_patches = {src.slide_id: src.draw(rng_for(seed, "style-check", "encoder", src.slide_id), n_enc)[0]
                    for src in sources}
-    torch.manual_seed(seed)
-    random_model = StedmModel(generator.config).eval()
+    measures, outputs = style_measures(generator, labels, styles, enc_patches, seed)
     result = {
         "model": str(model_dir),
         "weights_sha256": generator.weights_sha256,
         "style_sources": [st.slide_id for st in styles],
         "n_layouts": len(labels), "n_style": int(mcfg["n_style"]), "seed": seed,
         "sampling": generator.settings,
-        "transfer": transfer,
-        "separability": {
-            "trained": separability(_encoder_fn(generator.model), enc_patches),
-            "random_init": separability(_encoder_fn(random_model), enc_patches),
-            "patches_per_slide": n_enc,
-        },
+        **measures,
     }
     write_style_grid(grid, labels, styles, outputs)
     write_text(out, json.dumps(result, indent=2) + "\n")
