@@ -128,7 +128,7 @@ def two_stain_model(tmp_path_factory):
     stores = make_stores(tmp, n=2, size=256)
     cfg = validate_config({"classes": CLASSES, "seed": 0, "diffusion": diffusion_section(
         patch_size=32, block_out_channels=[16, 32, 64], attention_levels=[False, False, True], max_steps=150,
-        batch_size=8, lr=2e-3, warmup_steps=10, checkpoint_every=1000, log_every=50, layout_drop=0.2)})
+        batch_size=8, lr=2e-3, warmup_steps=10, checkpoint_every=1000, log_every=50, layout_drop=0.5)})
     assert train(cfg, stores, out=tmp / "m", run_dir=tmp / "run") == 0
     return tmp / "m", stores
 
@@ -154,9 +154,8 @@ def test_trained_model_transfers_style_and_an_ignored_style_reads_zero(two_stain
     styles = _store_styles(stores)
     high, _ = transfer_ratio(gen, labels, styles, seed=0)
     assert high["median"] > 0.5, high
-    with torch.no_grad():  # cut the style input: the same measure must now read ~0
-        gen.model.style_proj[-1].weight.zero_()
-        gen.model.style_proj[-1].bias.zero_()
+    model = gen.model  # cut the style input (every path of it): the same measure must now read ~0
+    model.encode_style = lambda images: model.null_condition(images.shape[0], images.shape[1])
     low, _ = transfer_ratio(gen, labels, styles, seed=0)
     assert low["median"] < 0.05, low
 

@@ -23,10 +23,10 @@ from sedm.models.stedm import StedmConfig
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(patch_size=64, block_out_channels=[32, 64, 64], layers_per_block=1,
                  attention_levels=[False, False, True], attention_head_dim=32, norm_num_groups=8,
-                 style_dim=64, style_encoder_channels=[16, 32, 64], n_style=2),
+                 style_dim=64, style_encoder_channels=[16, 32, 64], n_style=8),
     "paper": dict(patch_size=256, block_out_channels=[128, 192, 256, 384, 512], layers_per_block=2,
                   attention_levels=[False, False, False, True, True], attention_head_dim=64, norm_num_groups=32,
-                  style_dim=256, style_encoder_channels=[32, 64, 128, 256], n_style=4),
+                  style_dim=256, style_encoder_channels=[32, 64, 128, 256], n_style=8),
 }
 OVERRIDABLE = ("patch_size", "style_patch_size", "block_out_channels", "layers_per_block", "attention_levels",
                "attention_head_dim", "norm_num_groups", "style_dim", "style_encoder_channels", "n_style")
