@@ -100,3 +100,35 @@ def test_bad_masks_are_input_errors(model, inputs, tmp_path, capsys):
     empty = make_store(tmp_path / "E.zarr", "E", labelled=False, tissue_tiles=set())
     assert stylize(model, tmp_path / "o", "--style-slide", str(empty), "--input", str(d / "b.png")) == 2
     assert "tissue" in capsys.readouterr().err
+
+
+def test_inputs_at_another_resolution_are_resampled_and_back(model, tmp_path, capsys):
+    """--mpp 0.5 with a 1 µm/px model: a 64 px input is generated at 32 px and returned at 64 px; the
+    style images are resampled by the same factor (a 48 px style image gives 24 px, too small)."""
+    rng = np.random.default_rng(1)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "in" / "a.png")
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    Image.fromarray(np.full((96, 96, 3), 150, np.uint8)).save(styles / "s.png")
+    out = tmp_path / "out"
+    assert stylize(model, out, "--style-images", str(styles), "--input", str(tmp_path / "in"), "--mpp", "0.5") == 0
+    with Image.open(out / "a.png") as im:
+        assert (im.height, im.width) == (64, 64)
+    meta = json.loads((out / "stylize.json").read_text())
+    assert meta["input_mpp"] == 0.5 and meta["images"][0]["layout"] in ("tissue", "unannotated")
+    Image.fromarray(np.full((48, 48, 3), 150, np.uint8)).save(styles / "s.png")
+    assert stylize(model, tmp_path / "o2", "--style-images", str(styles), "--input", str(tmp_path / "in"),
+                   "--mpp", "0.5") == 2
+    assert "smaller than" in capsys.readouterr().err
+
+
+def test_unreadable_style_image_is_an_input_error(model, tmp_path, capsys):
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    (styles / "notes.png").write_text("not an image")
+    (tmp_path / "a.png").write_bytes(b"")
+    Image.fromarray(np.full((32, 32, 3), 150, np.uint8)).save(tmp_path / "a.png")
+    assert stylize(model, tmp_path / "o", "--style-images", str(styles), "--input", str(tmp_path / "a.png")) == 2
+    err = capsys.readouterr().err
+    assert "notes.png" in err and "not a readable image" in err
