@@ -28,7 +28,7 @@ SAMPLE_COLUMNS = ("slide_id", "patient_id", "slide_path", "annotation_path", "ro
 def load_schema(name: str) -> dict:
     """The JSON schema ``workflow/schemas/<name>.schema.yaml`` (shipped inside the package too)."""
     with open(SCHEMA_DIR / f"{name}.schema.yaml") as fh:
-        # the C loader when PyYAML has it: the config schema is parsed at every workflow start (10x faster)
+        # the C loader when PyYAML has it: the config schema is parsed at every workflow start
         return yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
@@ -130,8 +130,8 @@ _PER_COLUMN_KEYS = {"$schema", "description", "type", "properties", "required", 
 def _rows_to_check(df: pd.DataFrame, schema: Mapping) -> list[int]:
     """Positions of the rows that may fail ``schema``, in order.
 
-    The workflow parses the sheet at every start, and one jsonschema pass per row costs ~0.3 ms
-    (a second for a few thousand slides). While the schema constrains each column on its own, every
+    The workflow parses the sheet at every start, and one jsonschema pass per row adds up to seconds
+    for a cohort of thousands of slides. While the schema constrains each column on its own, every
     distinct value of a column is checked once instead and only rows holding a bad value are returned.
     """
     if set(schema) - _PER_COLUMN_KEYS:  # cross-column rules: check every row
