@@ -248,3 +248,30 @@ def test_generated_colour_follows_style_source(tmp_path):
         real.append(np.mean([(one[i]["image"].flatten(1).mean(1).numpy() + 1) * 127.5 for i in range(30)], 0))
     ratio = np.linalg.norm(generated[0] - generated[1]) / np.linalg.norm(real[0] - real[1])
     assert ratio > 0.5, ratio
+
+
+def test_ema_warmup_follows_diffusers_schedule():
+    """The one EMA: with warm-up it averages like diffusers' EMAModel (the schedule the diffusion
+    trainer used before), up to float rounding; without, a constant decay."""
+    from diffusers.training_utils import EMAModel
+
+    from sedm.runtime.ema import EMA
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    ours = EMA(net, 0.99, warmup_power=0.75)
+    ref = EMAModel(net.parameters(), decay=0.99, min_decay=0.0, use_ema_warmup=True, power=0.75)
+    for _ in range(60):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        ours.update(net)
+        ref.step(net.parameters())
+    for mine, theirs in zip((ours.shadow["weight"], ours.shadow["bias"]), ref.shadow_params):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    assert ours.current_decay() == pytest.approx(min(0.99, 1 - 60 ** -0.75))
+    flat = EMA(net, 0.9)
+    before = flat.shadow["bias"].clone()
+    flat.update(net)
+    torch.testing.assert_close(flat.shadow["bias"], before)  # weights unchanged since the copy: same average
+    assert flat.current_decay() == 0.9

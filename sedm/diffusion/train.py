@@ -56,7 +56,7 @@ from sedm.models.style_encoder import load_encoder_weights
 from sedm.runtime.checkpoints import CheckpointStore
 from sedm.runtime.csvlog import CsvLog
 from sedm.runtime.devices import autocast
-from sedm.runtime.ema import warmup_ema
+from sedm.runtime.ema import EMA, swapped_weights
 from sedm.runtime.fingerprint import fingerprint, without_runtime_keys
 from sedm.runtime.rng import set_rng_state
 from sedm.runtime.schedules import warmup_constant, warmup_cosine
@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 
 PREVIEW_INDEX = 2**61
 """Sample indices of the fixed preview batch (far from any training step's indices)."""
+EMA_WARMUP_POWER = 0.75
+"""Warm-up of the weight average (:class:`sedm.runtime.ema.EMA`): short runs average over a fitting horizon."""
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -246,10 +248,9 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
         opt.load_state_dict(state["optimizer"])
         lr_sched.load_state_dict(state["lr_scheduler"])
         start = int(state["step"])
-    ema = warmup_ema(model, s["ema_decay"])
+    ema = EMA(model, s["ema_decay"], warmup_power=EMA_WARMUP_POWER)
     if state is not None:
-        ema.load_state_dict(state["ema"])
-        ema.to(device)
+        ema.load_state_dict(state["ema"], updates=state["ema_updates"])
         set_rng_state(state["rng"])
         del state
     if info.is_main:
@@ -275,8 +276,8 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
 
     def save_state(step: int) -> None:
         if info.is_main:
-            checkpoints.save(step, {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                                    "lr_scheduler": lr_sched.state_dict()})
+            checkpoints.save(step, {"model": model.state_dict(), "ema": ema.state_dict(), "ema_updates": ema.updates,
+                                    "optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict()})
         D.barrier(info)
 
     model.train()
@@ -305,7 +306,7 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
             opt.step()
             lr_sched.step()
-            ema.step(model.parameters())
+            ema.update(model)
             step += 1
             steps_since += 1
             loss_sum += loss.detach()
@@ -339,15 +340,12 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
     _check_ranks_in_sync(model, info)
     if info.is_main:
         _write_preview(model, ema, preview, run_dir / SAMPLES_DIR / "final.png", seed)
-        ema.store(model.parameters())
-        ema.copy_to(model.parameters())
-        save_model(model, out, metadata={
+        save_model(model, out, state_dict=ema.state_dict(), metadata={
             "steps": max_steps, "batch_size": batch, "world_size": info.world, "seed": seed,
             "fingerprint": checkpoints.fp,
             "mpp": dataset.mpp, "stores": [Path(p).name for p in stores],
             "unlabelled_stores": [Path(p).name for p in unlabelled], "sedm_version": __version__,
             "weights": "ema", "train_seconds_this_run": round(time.perf_counter() - t0, 1)})
-        ema.restore(model.parameters())
         log.info("wrote %s", out)
     D.barrier(info)
     return 0
@@ -361,20 +359,18 @@ def _preview_batch(dataset: DiffusionPatchDataset, n: int) -> dict[str, torch.Te
 
 
 @torch.no_grad()
-def _write_preview(model: StedmModel, ema: Any, preview: dict[str, torch.Tensor] | None, path: Path,
+def _write_preview(model: StedmModel, ema: EMA, preview: dict[str, torch.Tensor] | None, path: Path,
                    seed: int) -> None:
     """Sample the preview batch with the EMA weights and save layout | styles | generated | real."""
     if preview is None:
         return
     device = next(model.parameters()).device
-    ema.store(model.parameters())
-    ema.copy_to(model.parameters())
     model.eval()
     try:
-        generated = StedmPipeline(model)(preview["layout"].to(device), preview["style"].to(device), seed=seed)
+        with swapped_weights(model, ema.state_dict()):
+            generated = StedmPipeline(model)(preview["layout"].to(device), preview["style"].to(device), seed=seed)
     finally:
         model.train()
-        ema.restore(model.parameters())
 
     def to_u8(x: torch.Tensor) -> np.ndarray:
         return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
