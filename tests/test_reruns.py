@@ -37,6 +37,14 @@ def cohort(work: Path) -> dict[str, int]:
             "arms": len(arms)}
 
 
+def style_jobs(n: dict[str, int], check: bool = True) -> dict[str, int]:
+    """The style measures' jobs: style_check needs two unlabelled slides, layout_fidelity one."""
+    jobs = {"layout_fidelity": 1} if n["unlabelled"] else {}
+    if check and n["unlabelled"] > 1:
+        jobs["style_check"] = 1
+    return jobs
+
+
 def rerun(work: Path) -> Counter:
     """Jobs a dry run plans and a real run then executes (they must agree)."""
     planned = planned_jobs(output(snakemake(work, "--dry-run", "--quiet", "rules")))
@@ -50,7 +58,8 @@ def test_first_run_executes_every_stage_with_a_benchmark(done):
     jobs = executed_jobs((done / "first_run.log").read_text())
     assert jobs == {"stage_config": len(STAGE_SECTIONS), "demo_cohort": n["slides"], "tile_slide": n["slides"],
                     "tiling_summary": 1, "train_diffusion": 1, "synthesize": n["unlabelled"],
-                    "train_segmentation": n["arms"], "predict_slide": n["arms"] * n["test"], "evaluate": 1, "report": 1}
+                    "train_segmentation": n["arms"], "predict_slide": n["arms"] * n["test"], "evaluate": 1, "report": 1,
+                    **style_jobs(n)}
     # every rule but the instant stage_config writes a benchmark, and the report's compute table lists them
     bench = done / "results/benchmarks"
     assert {p.name for p in bench.iterdir()} == set(jobs) - {"stage_config"}
@@ -88,7 +97,7 @@ def test_segmentation_change_reruns_segmentation_prediction_evaluation_report(do
     n = cohort(done)
     edit_config(done, "segmentation", lr=0.002)
     assert rerun(done) == {"stage_config": 2, "train_segmentation": n["arms"], "predict_slide": n["arms"] * n["test"],
-                           "evaluate": 1, "report": 1}
+                           "evaluate": 1, "report": 1, **style_jobs(n, check=False)}
     assert json.loads((done / "results/config/segmentation.json").read_text())["segmentation"]["lr"] == 0.002
 
 
@@ -97,5 +106,5 @@ def test_tiling_change_reruns_everything_downstream_of_tiling_not_the_demo(done)
     edit_config(done, "tiling", min_tissue_fraction=0.1)
     assert rerun(done) == {"stage_config": 2, "tile_slide": n["slides"], "tiling_summary": 1, "train_diffusion": 1,
                            "synthesize": n["unlabelled"], "train_segmentation": n["arms"],
-                           "predict_slide": n["arms"] * n["test"], "evaluate": 1, "report": 1}
+                           "predict_slide": n["arms"] * n["test"], "evaluate": 1, "report": 1, **style_jobs(n)}
     assert "Nothing to be done" in output(snakemake(done, "--dry-run"))

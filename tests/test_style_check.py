@@ -212,3 +212,32 @@ def test_tissue_layout_marks_tissue_as_unknown_class_and_glass_as_unannotated():
     layout = tissue_layout(img, ["tumour", "stroma"])
     assert layout[20, 20] == layout[15, 15] == unknown_tissue_value(["tumour", "stroma"]) == 3
     assert layout[35, 35] == UNANNOTATED and (layout[5:30, 5:30] == 3).mean() > 0.95
+
+
+def test_style_check_command_writes_measures_and_grid(tmp_path, capsys):
+    """`sedm style-check` end to end on tiny stores and a random model; one style source is refused."""
+    import json
+
+    from builders.synthesis import make_model, make_store
+
+    from sedm.cli import main
+    from sedm.config import validate_config
+
+    labelled = make_store(tmp_path / "L.zarr", "L")
+    sources = [make_store(tmp_path / f"U{i}.zarr", f"U{i}", labelled=False, tint=tint, seed=i)
+               for i, tint in enumerate([(200, 120, 180), (120, 140, 210), (190, 150, 100)])]
+    model = make_model(tmp_path / "m")
+    cfg = validate_config({"classes": ["tumour", "stroma"], "seed": 3,
+                           "synthesis": {"steps": 2, "style_check": {"layouts": 2, "encoder_patches": 3}}})
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    args = ["style-check", "--config", str(tmp_path / "cfg.json"), "--model", str(model), "--labelled", str(labelled),
+            "--out", str(tmp_path / "check.json"), "--grid", str(tmp_path / "grid.png"), "--style-stores"]
+    assert main(args + [str(s) for s in sources]) == 0
+    result = json.loads((tmp_path / "check.json").read_text())
+    assert result["style_sources"] == ["U0", "U1", "U2"] and result["n_layouts"] == 2
+    assert result["transfer"]["n_pairs"] + result["transfer"]["n_skipped"] == 3
+    assert result["separability"]["patches_per_slide"] == 3
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.width > grid.height  # 4 columns (layout + 3 styles), 3 rows
+    assert main(args + [str(sources[0])]) == 2
+    assert "at least two unlabelled slides" in capsys.readouterr().err
