@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from sedm.config import validate_config
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED
 from sedm.synthesis.windows import read_padded, window_in_tile
@@ -116,7 +117,8 @@ class LayoutSampler:
                              "pass the Zarr stores of the labelled slides (layout sources)")
         self.classes = list(classes)
         self.patch_size = int(patch_size)
-        self.augment = dict(augment or {})
+        # switches not given take the schema's defaults (synthesis.augment), the one place they live
+        self.augment = {**validate_config({})["synthesis"]["augment"], **(augment or {})}
         self.stores: list[SlideStore] = []
         tables = []
         for i, path in enumerate(stores):
@@ -173,16 +175,16 @@ def draw_augmentation(rng: np.random.Generator, cfg: dict, patch_size: int) -> A
     not reshuffle the others.
     """
     u = rng.random(7)
-    flip_y = bool(cfg.get("flips", True)) and bool(u[0] < 0.5)
-    flip_x = bool(cfg.get("flips", True)) and bool(u[1] < 0.5)
-    rot90 = int(u[2] * 4) % 4 if cfg.get("rot90", True) else 0
-    if not cfg.get("affine", False):
+    flip_y = bool(cfg["flips"]) and bool(u[0] < 0.5)
+    flip_x = bool(cfg["flips"]) and bool(u[1] < 0.5)
+    rot90 = int(u[2] * 4) % 4 if cfg["rot90"] else 0
+    if not cfg["affine"]:
         return Augmentation(rot90=rot90, flip_y=flip_y, flip_x=flip_x)
-    lo, hi = cfg.get("scale", [0.8, 1.2])
+    lo, hi = cfg["scale"]
     scale = math.exp(math.log(lo) + u[3] * (math.log(hi) - math.log(lo)))  # log-uniform: 0.8 ~ 1/1.25
-    rot = float(cfg.get("rotation_deg", 180.0)) * (2 * u[4] - 1)
-    shear = float(cfg.get("shear_deg", 10.0)) * (2 * u[5] - 1)
-    shift = float(cfg.get("translate", 0.1)) * patch_size
+    rot = float(cfg["rotation_deg"]) * (2 * u[4] - 1)
+    shear = float(cfg["shear_deg"]) * (2 * u[5] - 1)
+    shift = float(cfg["translate"]) * patch_size
     ty, tx = shift * (2 * rng.random(2) - 1)
     return Augmentation(True, round(scale, 6), round(rot, 4), round(shear, 4), round(float(ty), 3),
                         round(float(tx), 3), rot90, flip_y, flip_x)

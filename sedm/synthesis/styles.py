@@ -92,19 +92,18 @@ class SlideFileStyleSource(StyleSource):
     """
 
     def __init__(self, path: str | Path, *, size: int, mpp: float, min_tissue_fraction: float,
-                 slides_cfg: dict | None = None, tissue_cfg: dict | None = None) -> None:
+                 slides_cfg: dict, tissue_cfg: dict) -> None:
         from sedm.tiling.slides import open_slide
 
-        slides_cfg = slides_cfg or {}
         self.path = Path(path)
         self.slide_id = self.path.stem
         self.size, self.mpp = int(size), float(mpp)
-        self.reader = open_slide(self.path, slides_cfg.get("backend", "auto"), slides_cfg.get("mpp_override"))
+        self.reader = open_slide(self.path, slides_cfg["backend"], slides_cfg["mpp_override"])
         width, height = self.reader.dimensions_at(self.mpp)
         if min(width, height) < self.size:
             raise InputError(self.path, "shape", f"slide is {width}x{height} px at {self.mpp:g} µm/px, smaller "
                              f"than a {self.size} px style patch", "use a larger slide as style source")
-        mask, mask_mpp = _tissue_mask(self.reader, tissue_cfg or {})
+        mask, mask_mpp = _tissue_mask(self.reader, tissue_cfg)
         cells = []
         f = mask.shape[0] / height  # mask pixels per pixel at the model's µm/px
         for y in range(0, height - self.size + 1, self.size):
@@ -126,12 +125,14 @@ class SlideFileStyleSource(StyleSource):
 
 
 def _tissue_mask(reader, tissue_cfg: dict) -> tuple[np.ndarray, float]:
-    """Boolean tissue mask of the whole slide (sedm.tiling.tissue, as tiling uses) and its µm/px."""
+    """Boolean tissue mask of the whole slide (sedm.tiling.tissue, as tiling uses) and its µm/px, with the
+    config's ``tissue`` section (validated: every key present)."""
     from sedm.tiling.tissue import detect_tissue
 
-    thumb_mpp = float(tissue_cfg.get("thumbnail_mpp", 8.0))
-    sizes = {k: float(tissue_cfg[k]) for k in ("min_object_um2", "min_hole_um2") if k in tissue_cfg}
-    return np.asarray(detect_tissue(reader.thumbnail(thumb_mpp), thumb_mpp, **sizes), dtype=bool), thumb_mpp
+    thumb_mpp = float(tissue_cfg["thumbnail_mpp"])
+    mask = detect_tissue(reader.thumbnail(thumb_mpp), thumb_mpp, float(tissue_cfg["min_object_um2"]),
+                         float(tissue_cfg["min_hole_um2"]))
+    return np.asarray(mask, dtype=bool), thumb_mpp
 
 
 class ImageFolderStyleSource(StyleSource):
