@@ -27,3 +27,4 @@ def _torch_threads():
         return
     torch.set_num_threads(1)
     yield
+

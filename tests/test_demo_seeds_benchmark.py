@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
+from builders.benchmarks import load_benchmark
 
 
 @pytest.fixture(scope="module")
-def bench(repo):
-    spec = importlib.util.spec_from_file_location("bench_demo_seeds", repo / "benchmarks" / "demo_seeds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench():
+    return load_benchmark("demo_seeds")
 
 
 def _results(root, real, stedm, transfer):

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
+from builders.benchmarks import load_benchmark
 from builders.diffusion import micro_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*")
 
 
 @pytest.fixture(scope="module")
-def bench(repo):
-    spec = importlib.util.spec_from_file_location("bench_diffusion", repo / "benchmarks" / "diffusion.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench():
+    return load_benchmark("diffusion")
 
 
 def test_cuda_section_is_skipped_with_a_note(bench, monkeypatch):
