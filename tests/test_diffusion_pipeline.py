@@ -120,3 +120,14 @@ def test_sdedit_strength_controls_closeness(model, sampler):
         return np.abs(out.astype(float) - init).mean()
 
     assert dist(0.1) < 0.5 * dist(1.0)
+
+
+def test_class_one_hots_fit_a_model_with_the_unknown_tissue_channel(model):
+    """A (B, K+1, H, W) layout of the classes is padded with an empty unknown-tissue channel."""
+    assert model.config.tissue_channel
+    labels = np.zeros((1, 32, 32), np.uint8)
+    labels[:, :, 16:] = 1
+    styles = np.full((1, 2, 32, 32, 3), 180, np.uint8)
+    pipe = StedmPipeline(model)
+    short = torch.from_numpy(one_hot(labels, model.config.n_layout - 1))
+    np.testing.assert_array_equal(pipe(short, styles, steps=2, seed=0), pipe(labels, styles, steps=2, seed=0))

@@ -9,8 +9,9 @@ Usage (what ``sedm synthesize`` / ``sedm stylize`` build on)::
     pipe = StedmPipeline(model)                      # scheduler from the model's config
     rgb = pipe(layouts, style_images, seed=0)        # (B, H, W, 3) uint8
 
-* ``layouts``: (B, H, W) uint8 label values (``sedm.labels``: 0 unannotated, 1..K classes), or a
-  (B, K+1, H, W) float one-hot / soft layout. H and W may differ from the training patch size but must
+* ``layouts``: (B, H, W) uint8 label values (``sedm.labels``: 0 unannotated, 1..K classes, K+1
+  "tissue, class unknown" for models trained with layout dropout), or a (B, K+1, H, W) float one-hot
+  / soft layout (+ the unknown-tissue channel, which is added as zeros when absent). H and W may differ from the training patch size but must
   be multiples of ``pipe.size_multiple``; pixels are at the model's µm/px (``model.config.mpp``).
 * ``style_images``: (B, N, h, w, 3) uint8 RGB patches of the slide whose style is wanted (any N unless
   the model aggregates with ``mlp``; any h, w), or a float tensor (B, N, 3, h, w) in [-1, 1].
@@ -128,6 +129,8 @@ class StedmPipeline:
             generator = torch.Generator("cpu").manual_seed(seed)
 
         layout = layouts_to_tensor(layouts, cfg.n_layout).to(device, dtype)
+        if cfg.tissue_channel and layout.shape[1] == cfg.n_layout - 1:  # class one-hots without "unknown tissue"
+            layout = torch.nn.functional.pad(layout, (0, 0, 0, 0, 0, 1))
         styles = images_to_tensor(style_images).to(device, dtype)
         b, _, h, w = layout.shape
         if h % self.size_multiple or w % self.size_multiple:
