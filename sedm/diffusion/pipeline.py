@@ -11,14 +11,15 @@ Usage (what ``sedm synthesize`` / ``sedm stylize`` build on)::
 
 * ``layouts``: (B, H, W) uint8 label values (``sedm.labels``: 0 unannotated, 1..K classes, K+1
   "tissue, class unknown" for models trained with layout dropout), or a (B, K+1, H, W) float one-hot
-  / soft layout (+ the unknown-tissue channel, which is added as zeros when absent). H and W may differ from the training patch size but must
-  be multiples of ``pipe.size_multiple``; pixels are at the model's µm/px (``model.config.mpp``).
+  / soft layout (+ the unknown-tissue channel, which is added as zeros when absent). H and W may
+  differ from the training patch size but must be multiples of ``pipe.size_multiple``; pixels are at
+  the model's µm/px (``model.config.mpp``).
 * ``style_images``: (B, N, h, w, 3) uint8 RGB patches of the slide whose style is wanted (any N unless
   the model aggregates with ``mlp``; any h, w), or a float tensor (B, N, 3, h, w) in [-1, 1].
 * ``init_images`` + ``strength`` (SDEdit): start from the given (B, H, W, 3) uint8 images noised to
   ``strength`` (0 = return them unchanged, 1 = ignore them), e.g. to restain a real patch to another
-  slide's style while keeping its structure (``stylize``). With a layout of all-unannotated, no mask is
-  needed.
+  slide's style while keeping its structure (``stylize``). Without a mask, a layout of the image's
+  tissue as "tissue, class unknown" conditions it (models trained with layout dropout).
 
 The loop itself is in :meth:`StedmPipeline.__call__` and reads top to bottom: encode style, draw
 noise, then per timestep one (doubled-batch) UNet call, guidance, one scheduler step; decode.

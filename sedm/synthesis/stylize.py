@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance-rescale", type=float, help="guidance std-rescale (default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of style draws and noise")
     parser.add_argument("--min-tissue-fraction", type=float, default=0.5,
-                        help="style patches come from tiles (or crops of style images) with at least this tissue fraction")
+                        help="style patches come from tiles (or crops of style images) with at least this "
+                             "tissue fraction")
     parser.add_argument("--mpp", type=float,
                         help="µm/px of the input images (and of --style-images); default: the model's")
     parser.add_argument("--config", help="sedm config for the slide reader and tissue detection settings")
