@@ -212,21 +212,12 @@ def cuda_trainer_bench(batch: int, steps: int = 60) -> dict:
 
 def style_figures(model_dir: Path, layout_stores: list[Path], style_stores: list[Path], seed: int = 0) -> dict:
     """Transfer ratio and separability of ``model_dir`` (the figures ``sedm style-check`` reports)."""
-    from sedm.seeds import rng_for
     from sedm.synthesis.generate import Generator
-    from sedm.synthesis.layouts import LayoutSampler
-    from sedm.synthesis.style_check import StyleSet, annotated_layouts, style_measures
-    from sedm.synthesis.styles import StoreStyleSource
+    from sedm.synthesis.style_check import style_inputs, style_measures
 
     gen = Generator(model_dir, steps=20)
-    cfg = gen.config
-    mpp = float(cfg.mpp or 1.0)
-    sampler = LayoutSampler(layout_stores, classes=cfg.classes, patch_size=cfg.patch_size, mpp=mpp,
-                            augment={"flips": False, "rot90": False, "affine": False})
-    labels = annotated_layouts(sampler, 4, rng_for(seed, "bench", "layouts"))
-    sources = [StoreStyleSource(p, size=cfg.style_patch_size, mpp=mpp, min_tissue_fraction=0.5) for p in style_stores]
-    styles = [StyleSet(s.slide_id, s.draw(rng_for(seed, "bench", s.slide_id), cfg.n_style)[0]) for s in sources]
-    patches = {s.slide_id: s.draw(rng_for(seed, "bench-enc", s.slide_id), 16)[0] for s in sources}
+    labels, styles, patches = style_inputs(gen.config.to_dict(), layout_stores, style_stores, seed=seed, n_layouts=4,
+                                           n_encoder_patches=16, min_tissue_fraction=0.5)
     measures, _ = style_measures(gen, labels, styles, patches, seed)
     t, s = measures["transfer"], measures["separability"]
     return {"transfer_ratio_median": t["median"], "transfer_ratio_min": t["min"], "transfer_pairs": t["n_pairs"],

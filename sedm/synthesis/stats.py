@@ -21,7 +21,6 @@ import numpy as np
 
 from sedm.stain.statistics import HED_CHANNELS, HedAccumulator
 
-CHANNELS = HED_CHANNELS
 MIN_SOURCE_DISTANCE = 1e-6
 
 
@@ -45,5 +44,5 @@ def style_fidelity(generated: dict, style: dict, source: dict) -> dict:
 def synthesis_stats(generated: HedAccumulator, style: HedAccumulator, source: HedAccumulator) -> dict:
     """Everything written to ``attrs["sedm"]["stats"]`` and ``<slide>.stats.json``."""
     g, s, r = generated.summary(), style.summary(), source.summary()
-    return {"channels": list(CHANNELS), "space": "HED optical density (skimage.color.rgb2hed), tissue pixels",
+    return {"channels": list(HED_CHANNELS), "space": "HED optical density (skimage.color.rgb2hed), tissue pixels",
             "generated": g, "style": s, "source": r, **style_fidelity(g, s, r)}

@@ -197,33 +197,47 @@ def style_measures(generator: Any, labels: np.ndarray, styles: Sequence[StyleSet
     }, outputs
 
 
+def style_inputs(model_config: Mapping[str, Any], labelled: Sequence[str | Path], style_stores: Sequence[str | Path],
+                 *, seed: int, n_layouts: int, n_encoder_patches: int, min_tissue_fraction: float,
+                 class_weights: Mapping[str, float] | None = None
+                 ) -> tuple[np.ndarray, list[StyleSet], dict[str, np.ndarray]]:
+    """Fixed layouts of the labelled stores, one set of style patches per style store, and single
+    patches per style store for separability: everything the measures read, drawn from ``seed``."""
+    from sedm.synthesis.generate import model_mpp
+    from sedm.synthesis.layouts import LayoutSampler
+    from sedm.synthesis.styles import StoreStyleSource
+
+    mpp = model_mpp(model_config, style_stores[0])
+    sources = [StoreStyleSource(path, size=model_config["style_patch_size"], mpp=mpp,
+                                min_tissue_fraction=min_tissue_fraction) for path in style_stores]
+    sampler = LayoutSampler(list(labelled), classes=model_config["classes"], patch_size=int(model_config["patch_size"]),
+                            mpp=mpp, class_weights=class_weights,
+                            augment={"flips": False, "rot90": False, "affine": False})
+    labels = annotated_layouts(sampler, n_layouts, rng_for(seed, "style-check", "layouts"))
+    styles = [StyleSet(src.slide_id, src.draw(rng_for(seed, "style-check", "style", src.slide_id),
+                                              int(model_config["n_style"]))[0]) for src in sources]
+    patches = {src.slide_id: src.draw(rng_for(seed, "style-check", "encoder", src.slide_id), n_encoder_patches)[0]
+               for src in sources}
+    return labels, styles, patches
+
+
 def measure(config: dict[str, Any], model_dir: str | Path, labelled: Sequence[str | Path],
             style_stores: Sequence[str | Path], out: str | Path, grid: str | Path, device: str = "cpu") -> dict:
     """Compute the measures for ``model_dir`` and write ``out`` (JSON) and ``grid`` (PNG)."""
-    from sedm.synthesis.generate import Generator, check_model, model_mpp
-    from sedm.synthesis.layouts import LayoutSampler
-    from sedm.synthesis.styles import StoreStyleSource
+    from sedm.synthesis.generate import Generator, check_model
 
     syn, check = config["synthesis"], config["synthesis"]["style_check"]
     if len(style_stores) < 2:
         raise InputError(None, "--style-stores", f"{len(style_stores)} style source(s) given",
                          "pass the stores of at least two unlabelled slides")
     mcfg = check_model(model_dir, config["classes"])
-    mpp = model_mpp(mcfg, style_stores[0])
-    sources = [StoreStyleSource(path, size=mcfg["style_patch_size"], mpp=mpp,
-                                min_tissue_fraction=syn["style_min_tissue_fraction"]) for path in style_stores]
     seed = int(config["seed"])
-    sampler = LayoutSampler(list(labelled), classes=config["classes"], patch_size=int(mcfg["patch_size"]),
-                            mpp=mpp, class_weights=syn["class_weights"],
-                            augment={"flips": False, "rot90": False, "affine": False})
-    labels = annotated_layouts(sampler, int(check["layouts"]), rng_for(seed, "style-check", "layouts"))
-    styles = [StyleSet(src.slide_id, src.draw(rng_for(seed, "style-check", "style", src.slide_id),
-                                              int(mcfg["n_style"]))[0]) for src in sources]
+    labels, styles, enc_patches = style_inputs(
+        mcfg, labelled, style_stores, seed=seed, n_layouts=int(check["layouts"]),
+        n_encoder_patches=int(check["encoder_patches"]), min_tissue_fraction=syn["style_min_tissue_fraction"],
+        class_weights=syn["class_weights"])
     generator = Generator(model_dir, device=device, sampler=syn["sampler"], steps=syn["steps"],
                           guidance_scale=syn["guidance_scale"], guidance_rescale=syn["guidance_rescale"])
-    n_enc = int(check["encoder_patches"])
-    enc_patches = {src.slide_id: src.draw(rng_for(seed, "style-check", "encoder", src.slide_id), n_enc)[0]
-                   for src in sources}
     measures, outputs = style_measures(generator, labels, styles, enc_patches, seed)
     result = {
         "model": str(model_dir),
