@@ -43,6 +43,9 @@ def seed_figures(results: Path) -> dict:
     if check.is_file():
         c = json.loads(check.read_text())
         out["transfer_median"], out["transfer_min"] = c["transfer"]["median"], c["transfer"]["min"]
+        if "transfer_random_init" in c:
+            chance = c["transfer_random_init"]
+            out["transfer_median_random"], out["transfer_min_random"] = chance["median"], chance["min"]
         out["separability"], out["separability_random"] = (c["separability"]["trained"],
                                                            c["separability"]["random_init"])
     fidelity = results / "eval" / "layout_fidelity.json"

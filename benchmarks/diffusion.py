@@ -221,6 +221,8 @@ def style_figures(model_dir: Path, layout_stores: list[Path], style_stores: list
     measures, _ = style_measures(gen, labels, styles, patches, seed)
     t, s = measures["transfer"], measures["separability"]
     return {"transfer_ratio_median": t["median"], "transfer_ratio_min": t["min"], "transfer_pairs": t["n_pairs"],
+            "transfer_ratio_median_random_init": measures["transfer_random_init"]["median"],
+            "transfer_ratio_min_random_init": measures["transfer_random_init"]["min"],
             "separability_trained": s["trained"], "separability_random_init": s["random_init"]}
 
 

@@ -90,6 +90,7 @@ def write_results(root: Path, class_name: str = "tumour") -> None:
         "transfer": {"median": 0.6543, "min": 0.3121, "n_pairs": 1, "n_skipped": 0,
                      "pairs": [{"a": "U1", "b": "U2", "style_distance": 0.2, "output_distance": 0.13086,
                                 "ratio": 0.6543, "output_glass": False}]},
+        "transfer_random_init": {"median": 0.4124, "min": -0.5057, "n_pairs": 1},
         "separability": {"trained": 7.25, "random_init": 0.0812, "patches_per_slide": 16}}))
     _png(root / "synthesis/style_grid.png", (120, 60, 160), (200, 150))
     (root / "eval").mkdir()
@@ -191,7 +192,7 @@ def test_full_report_shows_every_section_deterministically(cohort, tmp_path):
     assert "style_fidelity" in text and "0.874" in text
     # style transfer: the measures' headline numbers, the pair table and the style grid
     transfer = re.search(r'<section id="style-transfer">(.*?)</section>', html, flags=re.S).group(1)
-    for number in ("0.654", "0.312", "7.250", "0.081", "0.457", "0.789"):
+    for number in ("0.654", "0.312", "0.412, -0.506", "7.250", "0.081", "0.457", "0.789"):
         assert number in transfer, number
     assert "<td>U1</td><td>U2</td>" in transfer and "style_grid" in {f.name for f in figures}
     # per-class numbers as the summary holds them; confusion matrices are not shown

@@ -236,6 +236,8 @@ def test_style_check_command_writes_measures_and_grid(tmp_path, capsys):
     result = json.loads((tmp_path / "check.json").read_text())
     assert result["style_sources"] == ["U0", "U1", "U2"] and result["n_layouts"] == 2
     assert result["transfer"]["n_pairs"] + result["transfer"]["n_skipped"] == 3
+    # the chance level: the same pairs, sampled by a randomly initialised model of the same architecture
+    assert result["transfer_random_init"]["n_pairs"] == result["transfer"]["n_pairs"]
     assert result["separability"]["patches_per_slide"] == 3
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.width > grid.height  # 4 columns (layout + 3 styles), 3 rows

@@ -204,10 +204,12 @@ def style_transfer_section(layout: ResultsLayout, figures: list[Figure]) -> dict
         return not_run([layout.style_check, layout.layout_fidelity])
     out: dict[str, Any] = {"ran": True, "headline": {}, "pairs": None, "grid": None}
     if check is not None:
-        t, s = check["transfer"], check["separability"]
+        t, s, chance = check["transfer"], check["separability"], check.get("transfer_random_init", {})
         out["headline"].update({
             "transfer ratio (median over pairs)": fmt(t["median"]),
             "transfer ratio (worst pair)": fmt(t["min"]),
+            "... of a randomly initialised model (chance): median, worst pair":
+                f"{fmt(chance.get('median'))}, {fmt(chance.get('min'))}",
             "pairs of style sources": f"{t['n_pairs']} ({t['n_skipped']} skipped: styles too alike)",
             "style separability, trained model": fmt(s["trained"]),
             "style separability, random init": fmt(s["random_init"]),

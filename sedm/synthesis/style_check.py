@@ -13,7 +13,9 @@ data. Three measures over the unlabelled slides (styles the diffusion model neve
   beside it but is not the measure: a model whose colour reacts to style arbitrarily (a randomly
   initialised one, say) moves its outputs far, in no particular direction. Reported per pair and as
   the median; pairs whose style patches are closer than :data:`MIN_STYLE_DISTANCE` say nothing and
-  are skipped.
+  are skipped. The same figures of a randomly initialised model of the same architecture are the
+  chance level: with few pairs its arbitrary, large colour moves can give a fair median, but not a
+  worst pair that stays positive, so the worst pair is the half of the target that chance fails.
 * **Encoder separability**: between-slide over within-slide variance of the style vectors the model
   makes of single patches (encoder, aggregation and, where the model has it, the stain-statistics
   path). Reported next to the same figure for a randomly initialised model of the same
@@ -184,11 +186,18 @@ def style_measures(generator: Any, labels: np.ndarray, styles: Sequence[StyleSet
 
     from sedm.models.stedm import StedmModel
 
+    from sedm.diffusion.pipeline import StedmPipeline
+
     transfer, outputs = transfer_ratio(generator, labels, styles, seed=seed)
     torch.manual_seed(seed)
     random_model = StedmModel(generator.config).eval()
+    random_model.codec = generator.model.codec
+    random_pipeline = StedmPipeline(random_model.to(next(generator.model.parameters()).device))
+    chance, _ = transfer_ratio(lambda lab, sty, seed: random_pipeline(lab, sty, seed=seed, **generator.settings),
+                               labels, styles, seed=seed)
     return {
         "transfer": transfer,
+        "transfer_random_init": {k: chance[k] for k in ("median", "min", "median_distance_ratio", "n_pairs")},
         "separability": {
             "trained": separability(_encoder_fn(generator.model), encoder_patches),
             "random_init": separability(_encoder_fn(random_model), encoder_patches),
