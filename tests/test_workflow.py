@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from builders.workflow import REPO, make_workdir, snakemake
+from builders.workflow import REPO, edit_config, make_workdir, read_sheet, snakemake
 from sedm.tiling.store import SlideStore
 
 pytestmark = pytest.mark.slow
@@ -87,3 +87,18 @@ def test_segmentation_on_several_gpus_is_an_error(tiled):
     proc = snakemake(tiled, "--dry-run", "--forceall", "--set-resources", "train_segmentation:gpu=2", check=False)
     assert proc.returncode != 0
     assert "segmentation training and prediction use one GPU" in proc.stdout + proc.stderr
+
+
+def test_dry_run_catches_what_would_fail_late(tmp_path):
+    """A baseline naming no arm, or a test patient with a labelled slide: `snakemake -n` fails, naming the fix."""
+    work = make_workdir(tmp_path / "w")
+    edit_config(work, "evaluation", baseline="realistic")
+    proc = snakemake(work, "--dry-run", check=False)
+    assert proc.returncode != 0 and "evaluation.baseline" in proc.stdout + proc.stderr
+    edit_config(work, "evaluation", baseline="real")
+    sheet = read_sheet(work)
+    test = sheet.index[sheet["role"] == "test"][0]
+    sheet.loc[test, "patient_id"] = sheet.loc[sheet["role"] == "labelled", "patient_id"].iloc[0]
+    sheet.to_csv(work / "samples.tsv", sep="\t", index=False)
+    proc = snakemake(work, "--dry-run", check=False)
+    assert proc.returncode != 0 and "have labelled and test slides" in proc.stdout + proc.stderr
