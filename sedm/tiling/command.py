@@ -91,6 +91,7 @@ def tile_slide(slide_path: str | Path, *, slide_id: str, config: dict[str, Any],
     tile_size = int(tiling["tile_size"])
     levels = int(tiling["pyramid_levels"])
     min_fraction = float(tiling["min_tissue_fraction"])
+    min_annotated = float(tiling["min_annotated_tissue"])
     threads = int(tiling["threads"] if threads is None else threads)
     thumb_mpp = float(tcfg["thumbnail_mpp"])
     out, table, qc = Path(out), Path(table), Path(qc)
@@ -111,8 +112,8 @@ def tile_slide(slide_path: str | Path, *, slide_id: str, config: dict[str, Any],
         return _tile_open_slide(slide, slide_path=slide_path, slide_id=slide_id, classes=classes,
                                 annotations=annotations, annotation=annotation, target_mpp=target_mpp,
                                 tile_size=tile_size, levels=levels, min_fraction=min_fraction,
-                                threads=threads, thumb_mpp=thumb_mpp, tcfg=tcfg, scfg=scfg, out=out,
-                                table=table, qc=qc, progress=progress, processes=processes)
+                                min_annotated=min_annotated, threads=threads, thumb_mpp=thumb_mpp, tcfg=tcfg,
+                                scfg=scfg, out=out, table=table, qc=qc, progress=progress, processes=processes)
     finally:
         slide.close()
 
@@ -153,8 +154,9 @@ def check_slide(slide_path: str | Path, config: dict[str, Any]) -> None:
 
 def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: list[str], annotations: list,
                      annotation: Path | None, target_mpp: float, tile_size: int, levels: int,
-                     min_fraction: float, threads: int, thumb_mpp: float, tcfg: dict, scfg: dict,
-                     out: Path, table: Path, qc: Path, progress: bool, processes: bool | None) -> TilingResult:
+                     min_fraction: float, min_annotated: float, threads: int, thumb_mpp: float, tcfg: dict,
+                     scfg: dict, out: Path, table: Path, qc: Path, progress: bool,
+                     processes: bool | None) -> TilingResult:
     from sedm.tiling.tissue import detect_tissue, tissue_qc_png
 
     source_mpp = float(slide.mpp)
@@ -194,6 +196,12 @@ def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: li
         mask = np.asarray(detect_tissue(thumb, thumb_mpp, min_object_um2=float(tcfg["min_object_um2"]),
                                         min_hole_um2=float(tcfg["min_hole_um2"])), dtype=bool)
         qc_png = setup.submit(tissue_qc_png, thumb, mask)
+        if annotations:
+            from sedm.tiling.annotations import check_fit
+
+            share = check_fit(annotation, annotations, classes, tuple(slide.dimensions), mask, source_mpp / thumb_mpp,
+                              min_annotated)
+            log.info("%s: the annotations cover %.1f%% of the tissue", slide_id, 100 * share)
         iy = nearest_index(height, pixel_mpp, thumb_mpp, mask.shape[0])
         ix = nearest_index(width, pixel_mpp, thumb_mpp, mask.shape[1])
         counts = tile_tissue_counts(mask, iy, ix, tile_size, grid.rows, grid.cols)
