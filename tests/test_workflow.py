@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -68,10 +69,17 @@ def test_lint_is_clean():
 
 def test_rules_find_sedm_without_it_on_path(tiled, tmp_path):
     """Under `--sdm conda` the rule env has sedm's dependencies but no `sedm` command: the workflow's
-    shell prefix then runs this checkout's package with the env's Python (here: a PATH holding only python)."""
+    shell prefix then runs this checkout's package with the env's Python (here: a PATH holding only python).
+
+    `python` is a script that runs this interpreter by its own path, not a symlink to it: a Python started
+    through a symlink outside its virtualenv does not find the venv (no pyvenv.cfg beside the link), so
+    the test would fail in a venv for a reason that has nothing to do with the workflow."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python").symlink_to(sys.executable)
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    seen = subprocess.run([bin_dir / "python", "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True)
+    assert seen.stdout.strip() == sys.prefix  # the same environment, venv or not
     path = os.pathsep.join([str(bin_dir), "/usr/bin", "/bin"])
     if shutil.which("sedm", path=path):
         pytest.skip("a system-wide sedm is on /usr/bin")
