@@ -316,6 +316,22 @@ def test_failure_midway_leaves_no_output(inputs, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no store, table, QC image nor temporaries
 
 
+def test_rerun_after_kill_removes_the_killed_runs_temporaries(inputs, tmp_path):
+    """kill -9 mid-tiling leaves `.s1.zarr.tmp-<host>-<pid>` (and the table's); the next run removes them."""
+    import subprocess
+    import sys
+
+    from sedm import atomic
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = [tmp_path / f".{name}.tmp-{atomic._HOST}-{dead.pid}" for name in ("s1.zarr", "s1.tiles.parquet")]
+    (left[0] / "0").mkdir(parents=True)
+    left[1].write_bytes(b"PAR1")
+    _run(tmp_path, inputs["slide"], None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s1.qc.png", "s1.tiles.parquet", "s1.zarr"]
+
+
 def test_bad_geojson_class_fails_before_output(inputs, tmp_path, capsys):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"classes": CLASSES}))
