@@ -14,6 +14,7 @@ import sys
 
 from sedm import __version__
 from sedm.errors import InputError
+from sedm.runtime.joblog import log_to, succeeded
 
 # command -> (module, one-line help). Keep in pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -45,6 +46,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _without_log(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--log="):
+            skip = False
+        elif arg == "--log":
+            skip = True
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
@@ -61,13 +74,21 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     sub = argparse.ArgumentParser(prog=f"sedm {top.command}", description=help_text)
     module.add_arguments(sub)
+    sub.add_argument("--log", metavar="FILE", help="write messages to FILE (the workflow's rule log); an attempt "
+                                                   "that fails keeps its log as FILE.attempt-N, N = 1, 2, ...")
     args = sub.parse_args(rest)
-    args.argv = argv  # for commands that launch themselves again (train-diffusion under torchrun)
+    attempt = log_to(args.log) if args.log else None
+    # for commands that launch themselves again (train-diffusion under torchrun), whose processes
+    # inherit the log as their standard error
+    args.argv = _without_log(argv)
     try:
-        return int(module.run(args) or 0)
+        rc = int(module.run(args) or 0)
     except InputError as exc:
         print(f"sedm {top.command}: error: {exc}", file=sys.stderr)
         return 2
+    if rc == 0:
+        succeeded(attempt)
+    return rc
 
 
 if __name__ == "__main__":

@@ -156,12 +156,17 @@ def load_samples(path: str | Path) -> pd.DataFrame:
                          "set `samples` in the config to a TSV file with columns " + ", ".join(SAMPLE_COLUMNS))
     try:
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+    except pd.errors.EmptyDataError:
+        raise InputError(path, None, "the file is empty", "write a header line naming "
+                         + ", ".join(SAMPLE_COLUMNS) + " and one tab-separated row per slide") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(path, None, f"not a readable TSV ({exc})", "save the sheet as tab-separated text") from None
     missing = [c for c in SAMPLE_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(path, ", ".join(missing), "missing column(s)",
                          "the header must name " + ", ".join(SAMPLE_COLUMNS))
+    if df.empty:
+        raise InputError(path, None, "the sheet has a header but no slides", "add one row per slide")
     df = df.apply(lambda col: col.str.strip())
     schema = load_schema("samples")
     validator = jsonschema.Draft202012Validator(schema)
@@ -176,6 +181,54 @@ def load_samples(path: str | Path) -> pd.DataFrame:
                          f"slide {needs_ann['slide_id'].iloc[0]!r} has role {needs_ann['role'].iloc[0]!r} "
                          "but no annotation", "give labelled and test slides a GeoJSON, or mark the slide unlabelled")
     return df.set_index("slide_id", drop=False)
+
+
+def check_pyramid(config: Mapping, file: str | Path | None = None) -> None:
+    """Every tile must halve into whole tiles down to the coarsest pyramid level."""
+    tile_size, levels = int(config["tiling"]["tile_size"]), int(config["tiling"]["pyramid_levels"])
+    if tile_size % 2 ** (levels - 1):
+        raise InputError(file, "tiling.pyramid_levels", f"{levels} levels halve the {tile_size} px tiles "
+                         f"{levels - 1} times, and {tile_size} is not divisible by 2^{levels - 1}",
+                         "use a power-of-two tiling.tile_size or fewer tiling.pyramid_levels")
+
+
+def _patients(samples: pd.DataFrame, role: str) -> set[str]:
+    return set(samples.loc[samples["role"] == role, "patient_id"])
+
+
+def _listed(items: set[str], most: int = 5) -> str:
+    names = sorted(items)
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def check_cohort(config: Mapping, samples: pd.DataFrame, config_file: str | Path | None = None,
+                 samples_file: str | Path | None = None) -> None:
+    """What neither file's schema can say alone, checked before any job (Snakemake's parse, `sedm validate`).
+
+    The evaluation baseline is an arm; there is a labelled slide to train on; and no test patient
+    leaks into training: its labels never (a labelled slide of a test patient), its stain only on
+    purpose (an unlabelled slide of a test patient is a style source of the synthetic arms, allowed
+    by ``evaluation.allow_test_patient_styles``).
+    """
+    sheet = samples_file or config["samples"]
+    check_pyramid(config, config_file)
+    arms = config["segmentation"]["arms"]
+    if config["evaluation"]["baseline"] not in arms:
+        raise InputError(config_file, "evaluation.baseline", f"{config['evaluation']['baseline']!r} is not an arm",
+                         f"set it to one of segmentation.arms: {', '.join(arms)}")
+    if not (samples["role"] == "labelled").any():
+        raise InputError(sheet, "role", "no slide has role 'labelled'; diffusion and segmentation train on them",
+                         "mark at least one annotated slide labelled")
+    test = _patients(samples, "test")
+    if both := test & _patients(samples, "labelled"):
+        raise InputError(sheet, "patient_id", f"patient(s) {_listed(both)} have labelled and test slides: the "
+                         "segmenters would be evaluated on patients they were trained on",
+                         "give each patient's slides one side: all test, or labelled/unlabelled")
+    if (both := test & _patients(samples, "unlabelled")) and not config["evaluation"]["allow_test_patient_styles"]:
+        raise InputError(sheet, "patient_id", f"patient(s) {_listed(both)} have unlabelled and test slides: the "
+                         "synthetic arms would train in the stain of test patients",
+                         "drop those unlabelled slides or mark them test; or, to adapt to the test patients' "
+                         "stain on purpose, set evaluation.allow_test_patient_styles: true in the config")
 
 
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {

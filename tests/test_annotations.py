@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from sedm.tiling.annotations import Annotation, AnnotationIndex, load_geojson, rasterize
+from sedm.tiling.annotations import Annotation, AnnotationIndex, check_fit, load_geojson, rasterize
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED, class_values
 
@@ -187,3 +187,43 @@ def test_not_geojson_and_missing(tmp_path):
         load_geojson(_write(tmp_path, {"hello": 1}), CLASSES)
     with pytest.raises(InputError, match="not found"):
         load_geojson(tmp_path / "missing.geojson", CLASSES)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_coordinate_names_the_feature(tmp_path, bad):
+    """shapely would repair around the NaN and drop part of the region with only a RuntimeWarning."""
+    tumour = _feature([[[0, 0], [100, 0], [100, bad], [100, 100], [0, 100], [0, 0]]], "tumor")
+    tumour["properties"]["name"] = "Tumor 1"
+    with pytest.raises(InputError) as e:
+        load_geojson(_write(tmp_path, [_feature(SQUARE, "stroma"), tumour]), CLASSES)
+    assert e.value.field == "features[1].geometry"
+    assert "the tumor annotation 'Tumor 1': 1 of its coordinates are not finite" in e.value.problem
+
+
+# -- fit to the slide ----------------------------------------------------------------------------
+TISSUE = np.zeros((100, 120), dtype=bool)  # a 1200 x 1000 px slide seen at 1/10 scale
+TISSUE[20:80, 10:110] = True  # 6000 mask px of tissue
+
+
+def test_annotations_of_another_slide_are_rejected():
+    elsewhere = [Annotation("tumor", box(2000, 1500, 2600, 1900)), Annotation("stroma", box(1100, 100, 1300, 300))]
+    with pytest.raises(InputError) as e:
+        check_fit("other.geojson", elsewhere, CLASSES, (1200, 1000), TISSUE, 0.1, 0.005)
+    assert e.value.file == "other.geojson"
+    assert "93% of the annotated area lies outside the 1200 x 1000 px slide" in e.value.problem
+    assert "another slide" in e.value.problem and "another scale" in e.value.problem
+
+
+def test_annotations_that_barely_touch_the_tissue_are_rejected():
+    speck = [Annotation("tumor", box(100, 200, 120, 220))]  # 2 x 2 mask px of 6000
+    with pytest.raises(InputError) as e:
+        check_fit("a.geojson", speck, CLASSES, (1200, 1000), TISSUE, 0.1, 0.005)
+    assert "cover 0.07% of the slide's tissue, less than tiling.min_annotated_tissue (0.50%)" in e.value.problem
+    assert check_fit("a.geojson", speck, CLASSES, (1200, 1000), TISSUE, 0.1, 0.0) == pytest.approx(4 / 6000)
+
+
+def test_sparse_annotation_partly_beyond_the_edge_passes():
+    """A few regions, one running past the slide's right edge (QuPath allows it): normal, accepted."""
+    sparse = [Annotation("tumor", box(200, 300, 300, 400)), Annotation("stroma", box(1150, 300, 1250, 400))]
+    share = check_fit("a.geojson", sparse, CLASSES, (1200, 1000), TISSUE, 0.1, 0.005)
+    assert share == pytest.approx((100 + 0) / 6000)  # the second lies beyond the tissue (x < 1100)

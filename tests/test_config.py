@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from sedm.cli import main
-from sedm.config import RUNTIME_KEYS, load_config, load_samples, runtime_config, stage_config, validate_config
+from sedm.config import (RUNTIME_KEYS, check_cohort, load_config, load_samples, runtime_config, stage_config,
+                         validate_config)
 from sedm.errors import InputError
 
 HEADER = "slide_id\tpatient_id\tslide_path\tannotation_path\trole\n"
@@ -104,6 +105,69 @@ def test_cli_validate_reports_one_line_error(tmp_path, capsys):
     assert main(["validate", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "duplicate slide_id" in err and str(sheet) in err
+
+
+def test_empty_and_header_only_sheets_are_errors(tmp_path):
+    empty = tmp_path / "empty.tsv"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match="the file is empty") as exc:
+        load_samples(empty)
+    assert exc.value.file == str(empty) and "slide_id" in exc.value.fix
+    with pytest.raises(InputError, match="header but no slides"):
+        load_samples(write_sheet(tmp_path, []))
+
+
+LABELLED, UNLABELLED = "A\tP1\ta.tiff\ta.json\tlabelled", "U\tP2\tu.tiff\t\tunlabelled"
+TEST = "T\tP3\tt.tiff\tt.json\ttest"
+
+
+@pytest.mark.parametrize(
+    ("rows", "config", "field", "problem"),
+    [
+        ([UNLABELLED, TEST], {}, "role", "no slide has role 'labelled'"),
+        ([LABELLED, TEST], {"evaluation": {"baseline": "stedm_only"}}, "evaluation.baseline", "is not an arm"),
+        ([LABELLED, TEST, "T2\tP1\tt2.tiff\tt2.json\ttest"], {}, "patient_id", "P1 have labelled and test"),
+        ([LABELLED, TEST, "U2\tP3\tu2.tiff\t\tunlabelled"], {}, "patient_id", "P3 have unlabelled and test"),
+        ([LABELLED, TEST], {"tiling": {"tile_size": 96, "pyramid_levels": 7}}, "tiling.pyramid_levels",
+         "not divisible by 2^6"),
+    ],
+)
+def test_cohort_errors(tmp_path, rows, config, field, problem):
+    sheet = write_sheet(tmp_path, rows)
+    with pytest.raises(InputError) as exc:
+        check_cohort(validate_config({"samples": str(sheet), **config}), load_samples(sheet), "c.yaml", sheet)
+    assert exc.value.field == field and problem in exc.value.problem
+    assert exc.value.file == str(sheet if field in ("role", "patient_id") else "c.yaml")
+
+
+def test_cohort_checks_pass_a_sound_sheet_and_the_documented_opt_in(tmp_path):
+    sheet = write_sheet(tmp_path, [LABELLED, UNLABELLED, TEST, "A2\tP1\ta2.tiff\t\tunlabelled"])
+    check_cohort(validate_config({"samples": str(sheet)}), load_samples(sheet))
+    styled = write_sheet(tmp_path, [LABELLED, TEST, "U2\tP3\tu2.tiff\t\tunlabelled"])
+    config = validate_config({"samples": str(styled), "evaluation": {"allow_test_patient_styles": True}})
+    check_cohort(config, load_samples(styled))
+
+
+def test_validate_opens_slides_and_checks_the_pyramid(tmp_path, capsys):
+    import numpy as np
+
+    from sedm.demo.tiff import write_pyramidal_tiff
+
+    write_pyramidal_tiff(tmp_path / "a.tiff", np.full((600, 700, 3), 200, np.uint8), 0.5, tile=128)
+    sheet = write_sheet(tmp_path, [LABELLED.replace("a.tiff", str(tmp_path / "a.tiff"))])
+    cfg = tmp_path / "c.yaml"
+    # 350 x 300 px at 1 µm/px: 3 x 3 tiles of 128 px fit in one tile after 3 levels
+    cfg.write_text(yaml.safe_dump({"samples": str(sheet), "tiling": {"tile_size": 128, "pyramid_levels": 3}}))
+    assert main(["validate", "--config", str(cfg)]) == 0
+    assert "ok: 1 slides (1 opened)" in capsys.readouterr().out
+    cfg.write_text(yaml.safe_dump({"samples": str(sheet), "tiling": {"tile_size": 128, "pyramid_levels": 4}}))
+    assert main(["validate", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "a.tiff [tiling.pyramid_levels]" in err and "set tiling.pyramid_levels to 3 or less" in err
+    missing = write_sheet(tmp_path, [LABELLED])  # a.tiff relative to the working directory: not there
+    cfg.write_text(yaml.safe_dump({"samples": str(missing), "demo": {"enabled": False}}))
+    assert main(["validate", "--config", str(cfg)]) == 2
+    assert "slide file not found" in capsys.readouterr().err
 
 
 def test_stage_snapshot_holds_only_its_sections(tmp_path):

@@ -79,6 +79,21 @@ def test_resume_is_exact(stores, tmp_path, style_jitter):
     assert all(torch.equal(a[k], v) for k, v in _weights(tmp_path / "resumed").items())
 
 
+def test_truncated_newest_checkpoint_resumes_the_one_before(stores, tmp_path, caplog):
+    """A node died mid-write: the newest checkpoint is cut short. Resume takes the older one, exactly."""
+    cfg = _config(max_steps=4, checkpoint_every=1, sample_every=0)
+    assert train(cfg, stores, out=tmp_path / "straight", run_dir=tmp_path / "run_a") == 0
+    assert train(cfg, stores, out=tmp_path / "resumed", run_dir=tmp_path / "run_b", stop_at=3) == EXIT_REQUEUE
+    (step_2, _), (step_3, newest) = list_checkpoints(tmp_path / "run_b")
+    assert (step_2, step_3) == (2, 3)
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    assert train(cfg, stores, out=tmp_path / "resumed", run_dir=tmp_path / "run_b") == 0
+    assert f"checkpoint {newest} does not load" in caplog.text
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert pd.read_csv(tmp_path / "run_b" / "train_log.csv")["step"].tolist() == [1, 2, 3, 4]
+
+
 def test_checkpoint_of_other_config_is_not_resumed(stores, tmp_path):
     cfg = _config(max_steps=2, checkpoint_every=2)
     assert train(cfg, stores, out=tmp_path / "m", run_dir=tmp_path / "run") == 0

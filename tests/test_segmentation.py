@@ -208,6 +208,28 @@ def test_interrupted_training_resumes_to_identical_weights(cohort):
     pd.testing.assert_frame_equal(log_full.drop(columns="seconds"), log_part.drop(columns="seconds"))
 
 
+def test_unreadable_newest_checkpoint_resumes_the_one_before(cohort, caplog):
+    tmp, stores, synthetic, samples = cohort
+    cfg = tiny_config(max_steps=6, ckpt_every=2, val_every=3)
+    kw = dict(arm="real", stores=stores, samples=load_samples(samples))
+    assert train(cfg, **kw, out=tmp / "full", run_dir=tmp / "run_full") == 0
+
+    def interrupt(step):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    assert train(cfg, **kw, out=tmp / "part", run_dir=tmp / "run_part", on_step=interrupt) == EXIT_REQUEUE
+    assert [s for s, _ in list_checkpoints(tmp / "run_part")] == [2, 4]
+    newest = list_checkpoints(tmp / "run_part")[-1][1]
+    newest.write_bytes(b"")  # a full disk: renamed, never filled
+    assert train(cfg, **kw, out=tmp / "part", run_dir=tmp / "run_part") == 0
+    assert f"checkpoint {newest} does not load" in caplog.text
+    assert newest.with_name(newest.name + ".unreadable").is_file()
+    for name in ("last", "best"):
+        full, part = _weights(tmp / "full" / f"{name}.safetensors"), _weights(tmp / "part" / f"{name}.safetensors")
+        assert all(torch.equal(full[k], part[k]) for k in full)
+
+
 def test_checkpoint_of_other_config_is_not_resumed(cohort):
     tmp, stores, synthetic, samples = cohort
     samples = load_samples(samples)

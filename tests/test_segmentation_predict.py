@@ -118,6 +118,10 @@ def test_cli_predict(tmp_path, slide, capsys):
     assert all((tmp_path / f"p.{ext}").exists() for ext in ("zarr", "png", "geojson"))
     assert main([*args, "--model", str(make_model_dir(tmp_path / "m2", mpp=2.0))]) == 2
     assert "µm/px" in capsys.readouterr().err
+    (tmp_path / "t.tiles.parquet").rename(tmp_path / "moved.parquet")  # a store copied without its table
+    assert main([*args, "--model", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert "t.tiles.parquet: the tile table of t.zarr is missing" in err and "Traceback" not in err
 
 
 def test_mask_polygons_trace_regions_with_holes():

@@ -316,6 +316,22 @@ def test_failure_midway_leaves_no_output(inputs, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no store, table, QC image nor temporaries
 
 
+def test_rerun_after_kill_removes_the_killed_runs_temporaries(inputs, tmp_path):
+    """kill -9 mid-tiling leaves `.s1.zarr.tmp-<host>-<pid>` (and the table's); the next run removes them."""
+    import subprocess
+    import sys
+
+    from sedm import atomic
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = [tmp_path / f".{name}.tmp-{atomic._HOST}-{dead.pid}" for name in ("s1.zarr", "s1.tiles.parquet")]
+    (left[0] / "0").mkdir(parents=True)
+    left[1].write_bytes(b"PAR1")
+    _run(tmp_path, inputs["slide"], None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s1.qc.png", "s1.tiles.parquet", "s1.zarr"]
+
+
 def test_bad_geojson_class_fails_before_output(inputs, tmp_path, capsys):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"classes": CLASSES}))
@@ -326,6 +342,27 @@ def test_bad_geojson_class_fails_before_output(inputs, tmp_path, capsys):
     assert rc == 2
     assert "fat" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("scale", "problem"), [(3.0, "lies outside the 1100 x 1000 px slide"),
+                                                 (0.1, "of the slide's tissue, less than tiling.min_annotated_tissue")])
+def test_annotations_of_another_scale_fail_with_no_output(inputs, tmp_path, capsys, scale, problem):
+    """A QuPath export at another scale: all labels would be 0 (or nearly), and tiling exit 0 without a word."""
+    doc = json.loads(inputs["ann"].read_text())
+    for feat in doc["features"]:
+        feat["geometry"]["coordinates"] = [[[x * scale, y * scale] for x, y in ring]
+                                           for ring in feat["geometry"]["coordinates"]]
+    ann = tmp_path / "scaled.geojson"
+    ann.write_text(json.dumps(doc))
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"classes": CLASSES, "tiling": {"tile_size": TILE}}))
+    out = tmp_path / "out"
+    rc = main(["tile", "--config", str(cfg), "--slide-id", "s1", "--slide", str(inputs["slide"]), "--annotation",
+               str(ann), "--out", str(out / "s1.zarr"), "--table", str(out / "s1.tiles.parquet"),
+               "--qc", str(out / "s1.qc.png"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{ann} [features]" in err and problem in err and "another scale" in err
+    assert not out.exists() or not list(out.iterdir())
 
 
 def test_missing_slide_is_input_error(inputs, tmp_path, capsys):

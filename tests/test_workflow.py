@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from builders.workflow import REPO, make_workdir, snakemake
+from builders.workflow import REPO, edit_config, make_workdir, read_sheet, snakemake
 from sedm.tiling.store import SlideStore
 
 pytestmark = pytest.mark.slow
@@ -68,10 +69,17 @@ def test_lint_is_clean():
 
 def test_rules_find_sedm_without_it_on_path(tiled, tmp_path):
     """Under `--sdm conda` the rule env has sedm's dependencies but no `sedm` command: the workflow's
-    shell prefix then runs this checkout's package with the env's Python (here: a PATH holding only python)."""
+    shell prefix then runs this checkout's package with the env's Python (here: a PATH holding only python).
+
+    `python` is a script that runs this interpreter by its own path, not a symlink to it: a Python started
+    through a symlink outside its virtualenv does not find the venv (no pyvenv.cfg beside the link), so
+    the test would fail in a venv for a reason that has nothing to do with the workflow."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python").symlink_to(sys.executable)
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    seen = subprocess.run([bin_dir / "python", "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True)
+    assert seen.stdout.strip() == sys.prefix  # the same environment, venv or not
     path = os.pathsep.join([str(bin_dir), "/usr/bin", "/bin"])
     if shutil.which("sedm", path=path):
         pytest.skip("a system-wide sedm is on /usr/bin")
@@ -87,3 +95,18 @@ def test_segmentation_on_several_gpus_is_an_error(tiled):
     proc = snakemake(tiled, "--dry-run", "--forceall", "--set-resources", "train_segmentation:gpu=2", check=False)
     assert proc.returncode != 0
     assert "segmentation training and prediction use one GPU" in proc.stdout + proc.stderr
+
+
+def test_dry_run_catches_what_would_fail_late(tmp_path):
+    """A baseline naming no arm, or a test patient with a labelled slide: `snakemake -n` fails, naming the fix."""
+    work = make_workdir(tmp_path / "w")
+    edit_config(work, "evaluation", baseline="realistic")
+    proc = snakemake(work, "--dry-run", check=False)
+    assert proc.returncode != 0 and "evaluation.baseline" in proc.stdout + proc.stderr
+    edit_config(work, "evaluation", baseline="real")
+    sheet = read_sheet(work)
+    test = sheet.index[sheet["role"] == "test"][0]
+    sheet.loc[test, "patient_id"] = sheet.loc[sheet["role"] == "labelled", "patient_id"].iloc[0]
+    sheet.to_csv(work / "samples.tsv", sep="\t", index=False)
+    proc = snakemake(work, "--dry-run", check=False)
+    assert proc.returncode != 0 and "have labelled and test slides" in proc.stdout + proc.stderr

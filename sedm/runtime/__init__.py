@@ -10,5 +10,5 @@ two runs is worse than a restart).
 Modules: ``devices`` (device choice, autocast), ``signals`` (stop signals, exit status), ``rng`` (global
 RNG state for checkpoints), ``fingerprint`` (what a run's results depend on), ``checkpoints`` (the
 rotating checkpoint store both trainers use), ``schedules`` (learning-rate schedules), ``ema`` (weight
-averages), ``csvlog`` (training logs that survive resume).
+averages), ``csvlog`` (training logs that survive resume), ``joblog`` (a job's log file, kept for every failed attempt).
 """

@@ -6,13 +6,19 @@ atomically: a kill mid-write leaves the older checkpoints as they were. Only che
 fingerprint (:mod:`sedm.runtime.fingerprint`) are resumed, so editing the config or re-tiling a slide
 starts a fresh run instead of silently continuing another one. The run directory is not a Snakemake
 output, so it survives failed or preempted jobs. Checkpoints hold only tensors and plain Python
-values, so they load with ``weights_only=True``.
+values, so they load with ``weights_only=True``. A checkpoint that does not load (a node that died
+mid-write before the rename was durable, a full disk, a damaged file system) is set aside as
+``*.pt.unreadable`` with a warning, and the one before it is resumed (the schema's default ``keep``
+of 2 keeps one before it).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -78,8 +84,16 @@ class CheckpointStore:
         return None
 
     def _load(self, path: Path) -> dict[str, Any] | None:
-        """One candidate, or None when it was made for another fingerprint (a short-hash collision)."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        """One candidate, or None when it does not load (set aside) or was made for another fingerprint
+        (a short-hash collision)."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+            aside = path.with_name(path.name + ".unreadable")
+            log.warning("checkpoint %s does not load (%s: %s); moved to %s, trying the one before", path,
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", aside.name)
+            os.replace(path, aside)
+            return None
         if state.get("fingerprint") != self.fp:
             log.warning("%s was made for another config or other inputs; skipping it", path)
             return None

@@ -14,7 +14,12 @@ What :func:`load_geojson` accepts (QuPath 0.2 - 0.5 "Export objects as GeoJSON")
   config's ``classes`` (one InputError lists all unknown names);
 * invalid geometries (self-crossing outlines) are repaired with ``shapely.make_valid``, which keeps
   both lobes of a figure-eight where ``buffer(0)`` would drop one; a geometry that has no area
-  left after repair is an InputError.
+  left after repair is an InputError, and so is a coordinate that is not a finite number (NaN,
+  inf): repairing around it silently drops part of the region.
+
+Whether the annotations belong to the slide is checked by :func:`check_fit` once the slide's size
+and tissue are known: a file that lies mostly outside the slide, or covers almost none of its tissue,
+is another slide's export or one at another scale.
 
 Coordinates are level-0 pixels, as QuPath exports them.
 """
@@ -74,7 +79,7 @@ def load_geojson(path: str | Path, classes: list[str]) -> list[Annotation]:
         if name is None:
             skipped["unclassified"] += 1
             continue
-        geom = _polygonal(path, i, feat.get("geometry"))
+        geom = _polygonal(path, i, feat.get("geometry"), _described(name, props))
         if geom is None:
             skipped["without polygon (point/line/empty)"] += 1
             continue
@@ -112,17 +117,29 @@ def _class_name(props: dict) -> str | None:
     return cls if isinstance(cls, str) and cls else None
 
 
-def _polygonal(path: Path, index: int, geometry: Any) -> BaseGeometry | None:
+def _described(class_name: str, props: dict) -> str:
+    """How a user finds a feature in QuPath: its class and, when it has one, its name."""
+    name = props.get("name")
+    return f"the {class_name} annotation" + (f" {name!r}" if isinstance(name, str) and name else "")
+
+
+def _polygonal(path: Path, index: int, geometry: Any, what: str = "this annotation") -> BaseGeometry | None:
     """The polygonal part of a GeoJSON geometry (repaired), or None when it has no polygon at all."""
     if not geometry:
         return None
     try:
-        geom = shape(geometry)
+        with np.errstate(invalid="ignore"):  # a NaN coordinate: reported below as an InputError
+            geom = shape(geometry)
     except Exception as e:  # shapely raises several types for malformed coordinate lists
         raise InputError(path, f"features[{index}].geometry", f"malformed geometry ({e})", _FIX_JSON) from e
     parts = [p for p in shapely.get_parts(geom) if isinstance(p, (Polygon, MultiPolygon))]
     if not parts:
         return None  # points, lines
+    bad = ~np.isfinite(shapely.get_coordinates(parts)).all(axis=1)
+    if bad.any():
+        raise InputError(path, f"features[{index}].geometry",
+                         f"{what}: {int(bad.sum())} of its coordinates are not finite numbers (NaN or inf)",
+                         "redraw or fix this annotation in QuPath and export again")
     repaired = [q for p in parts for q in shapely.get_parts(p if p.is_valid else shapely.make_valid(p))
                 if isinstance(q, (Polygon, MultiPolygon))]
     merged = shapely.union_all(repaired) if repaired else None
@@ -131,6 +148,45 @@ def _polygonal(path: Path, index: int, geometry: Any) -> BaseGeometry | None:
                          f"polygon without area even after repair ({shapely.is_valid_reason(geom)})",
                          "redraw this annotation in QuPath")
     return merged
+
+
+# -- fit to the slide -----------------------------------------------------------------------------
+MOSTLY_OUTSIDE = 0.5
+"""Share of the annotated area outside the slide from which a file is taken for another slide's."""
+
+_WRONG_FILE = ("likely the export of another slide, or of this slide at another scale (QuPath exports level-0 "
+               "pixels of the image it was opened on)")
+
+
+def check_fit(path: str | Path, annotations: list[Annotation], classes: list[str], dimensions: tuple[int, int],
+              tissue: np.ndarray, tissue_scale: float, min_tissue_share: float) -> float:
+    """Raise :class:`InputError` when ``annotations`` do not belong to a slide of level-0 ``dimensions``
+    (w, h); return the share of its tissue they cover.
+
+    ``tissue`` is the slide's tissue mask, ``tissue_scale`` its pixels per level-0 pixel. The file is
+    rejected when more than :data:`MOSTLY_OUTSIDE` of its annotated area lies outside the slide, or
+    when it covers less than ``min_tissue_share`` of the tissue (the config's
+    ``tiling.min_annotated_tissue``: sparse annotation is normal, so the default is small).
+    """
+    union = shapely.union_all([a.geometry for a in annotations])
+    outside = 1.0 - union.intersection(box(0, 0, *dimensions)).area / union.area
+    if outside > MOSTLY_OUTSIDE:
+        x0, y0, x1, y1 = union.bounds
+        raise InputError(path, "features", f"{outside:.0%} of the annotated area lies outside the "
+                         f"{dimensions[0]} x {dimensions[1]} px slide (annotations span x {x0:.0f}-{x1:.0f}, "
+                         f"y {y0:.0f}-{y1:.0f}): {_WRONG_FILE}",
+                         "check annotation_path in the sample sheet, and export from this slide at full resolution")
+    n_tissue = int(np.count_nonzero(tissue))
+    if not n_tissue:
+        return 0.0
+    labels = rasterize(annotations, classes, tissue.shape, scale=tissue_scale)
+    share = np.count_nonzero(tissue & (labels != UNANNOTATED)) / n_tissue
+    if share < min_tissue_share:
+        raise InputError(path, "features", f"the annotations cover {share:.2%} of the slide's tissue, less than "
+                         f"tiling.min_annotated_tissue ({min_tissue_share:.2%}): {_WRONG_FILE}",
+                         "check annotation_path in the sample sheet; if the annotation really is this sparse, "
+                         "lower tiling.min_annotated_tissue")
+    return share
 
 
 # -- rasterisation --------------------------------------------------------------------------------

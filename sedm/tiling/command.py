@@ -48,7 +48,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from sedm.atomic import atomic_path, write_bytes
-from sedm.config import load_config
+from sedm.config import check_pyramid, load_config
 from sedm.errors import InputError
 from sedm.tiling.blocks import BlockTiler, shard_blocks, with_tissue_bands
 from sedm.tiling.geometry import Grid, nearest_index, target_extent, tile_tissue_counts
@@ -91,15 +91,14 @@ def tile_slide(slide_path: str | Path, *, slide_id: str, config: dict[str, Any],
     tile_size = int(tiling["tile_size"])
     levels = int(tiling["pyramid_levels"])
     min_fraction = float(tiling["min_tissue_fraction"])
+    min_annotated = float(tiling["min_annotated_tissue"])
     threads = int(tiling["threads"] if threads is None else threads)
     thumb_mpp = float(tcfg["thumbnail_mpp"])
     out, table, qc = Path(out), Path(table), Path(qc)
     slide_path = Path(slide_path)
 
     # ---- validation: nothing is computed before every input is known to be usable
-    if tile_size % 2 ** (levels - 1):
-        raise InputError(None, "tiling.tile_size", f"{tile_size} is not divisible by 2^{levels - 1}",
-                         "use a power-of-two tile size or fewer tiling.pyramid_levels")
+    check_pyramid(config)
     if threads < 1:
         raise InputError(None, "--threads", f"{threads} threads", "use at least 1")
     annotations: list = []
@@ -113,33 +112,59 @@ def tile_slide(slide_path: str | Path, *, slide_id: str, config: dict[str, Any],
         return _tile_open_slide(slide, slide_path=slide_path, slide_id=slide_id, classes=classes,
                                 annotations=annotations, annotation=annotation, target_mpp=target_mpp,
                                 tile_size=tile_size, levels=levels, min_fraction=min_fraction,
-                                threads=threads, thumb_mpp=thumb_mpp, tcfg=tcfg, scfg=scfg, out=out,
-                                table=table, qc=qc, progress=progress, processes=processes)
+                                min_annotated=min_annotated, threads=threads, thumb_mpp=thumb_mpp, tcfg=tcfg,
+                                scfg=scfg, out=out, table=table, qc=qc, progress=progress, processes=processes)
+    finally:
+        slide.close()
+
+
+def slide_grid(slide: Any, slide_path: Path, target_mpp: float, tile_size: int,
+               levels: int) -> tuple[Grid, int | None, float]:
+    """The slide's tile grid at ``target_mpp``, the slide level read as it is (None: resampled) and the
+    µm/px of its pixels. Raises :class:`InputError` when the slide cannot hold ``levels`` pyramid levels."""
+    level = matching_level(slide, target_mpp)
+    if level is not None:  # the reader returns this level's pixels as they are: use its exact geometry
+        width, height = (int(v) for v in slide.level_dimensions[level])
+        pixel_mpp = float(slide.level_mpp(level))
+    else:
+        height, width = target_extent(tuple(slide.dimensions), float(slide.mpp), target_mpp)
+        pixel_mpp = target_mpp
+    if height < 1 or width < 1:
+        raise InputError(slide_path, "tiling.mpp", f"the slide is smaller than one pixel at {target_mpp} µm/px",
+                         "use a smaller tiling.mpp")
+    grid = Grid(height, width, tile_size)
+    if levels > grid.max_levels:
+        raise InputError(slide_path, "tiling.pyramid_levels",
+                         f"{levels} levels, but the slide ({width} x {height} px at {target_mpp} µm/px) fits in one "
+                         f"{tile_size} px tile after {grid.max_levels} level(s)",
+                         f"set tiling.pyramid_levels to {grid.max_levels} or less")
+    return grid, level, pixel_mpp
+
+
+def check_slide(slide_path: str | Path, config: dict[str, Any]) -> None:
+    """Open a slide and check it against the tiling config, as :func:`tile_slide` does before any tile."""
+    scfg, tiling = config["slides"], config["tiling"]
+    slide = open_slide(slide_path, backend=scfg["backend"], mpp_override=scfg["mpp_override"])
+    try:
+        slide_grid(slide, Path(slide_path), float(tiling["mpp"]), int(tiling["tile_size"]),
+                   int(tiling["pyramid_levels"]))
     finally:
         slide.close()
 
 
 def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: list[str], annotations: list,
                      annotation: Path | None, target_mpp: float, tile_size: int, levels: int,
-                     min_fraction: float, threads: int, thumb_mpp: float, tcfg: dict, scfg: dict,
-                     out: Path, table: Path, qc: Path, progress: bool, processes: bool | None) -> TilingResult:
+                     min_fraction: float, min_annotated: float, threads: int, thumb_mpp: float, tcfg: dict,
+                     scfg: dict, out: Path, table: Path, qc: Path, progress: bool,
+                     processes: bool | None) -> TilingResult:
     from sedm.tiling.tissue import detect_tissue, tissue_qc_png
 
     source_mpp = float(slide.mpp)
-    level = matching_level(slide, target_mpp)
-    if level is not None:  # the reader returns this level's pixels as they are: use its exact geometry
-        width, height = (int(v) for v in slide.level_dimensions[level])
-        pixel_mpp = float(slide.level_mpp(level))
-    else:
-        height, width = target_extent(tuple(slide.dimensions), source_mpp, target_mpp)
-        pixel_mpp = target_mpp
-    if height < 1 or width < 1:
-        raise InputError(slide_path, "tiling.mpp", f"the slide is smaller than one pixel at {target_mpp} µm/px",
-                         "use a smaller tiling.mpp")
+    grid, level, pixel_mpp = slide_grid(slide, slide_path, target_mpp, tile_size, levels)
+    height, width = grid.height, grid.width
     if level is None and target_mpp < source_mpp:
         log.warning("%s: target %.4g µm/px is finer than the slide's %.4g µm/px; tiles are upsampled",
                     slide_path, target_mpp, source_mpp)
-    grid = Grid(height, width, tile_size)
 
     provenance = {
         "source": str(slide_path.resolve()),
@@ -171,6 +196,12 @@ def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: li
         mask = np.asarray(detect_tissue(thumb, thumb_mpp, min_object_um2=float(tcfg["min_object_um2"]),
                                         min_hole_um2=float(tcfg["min_hole_um2"])), dtype=bool)
         qc_png = setup.submit(tissue_qc_png, thumb, mask)
+        if annotations:
+            from sedm.tiling.annotations import check_fit
+
+            share = check_fit(annotation, annotations, classes, tuple(slide.dimensions), mask, source_mpp / thumb_mpp,
+                              min_annotated)
+            log.info("%s: the annotations cover %.1f%% of the tissue", slide_id, 100 * share)
         iy = nearest_index(height, pixel_mpp, thumb_mpp, mask.shape[0])
         ix = nearest_index(width, pixel_mpp, thumb_mpp, mask.shape[1])
         counts = tile_tissue_counts(mask, iy, ix, tile_size, grid.rows, grid.cols)

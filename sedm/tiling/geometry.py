@@ -38,6 +38,12 @@ class Grid:
     def padded_width(self) -> int:
         return self.cols * self.tile_size
 
+    @property
+    def max_levels(self) -> int:
+        """Pyramid levels worth making: halving until the whole slide fits in one tile (one more level
+        only shrinks that tile)."""
+        return 1 + math.ceil(math.log2(max(self.rows, self.cols)))
+
     def extent(self, row: int, col: int) -> tuple[int, int, int, int]:
         """(y, x, h, w): top-left pixel of tile (row, col) and the part of it inside the slide."""
         t = self.tile_size

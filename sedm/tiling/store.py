@@ -209,7 +209,11 @@ class SlideStore:
 
     def tiles(self) -> pd.DataFrame:
         """The tile table written next to the store."""
-        return pd.read_parquet(tile_table_path(self.path))
+        path = tile_table_path(self.path)
+        if not path.is_file():
+            raise InputError(path, None, f"the tile table of {self.path.name} is missing (it lists the tiles to read)",
+                             f"keep {path.name} next to the store, as `sedm tile` writes them, or tile the slide again")
+        return pd.read_parquet(path)
 
 
 def open_checked(path: str | Path, classes: list[str], sample_ids: pd.Index | None = None) -> SlideStore:

@@ -1,10 +1,10 @@
-# Config and sample-sheet validation (at parse time, through sedm.config so the CLI gives the same
-# errors), output paths in one place, and the per-stage config snapshots.
+# Config and sample-sheet validation (at parse time, through sedm.config so `sedm validate` gives the
+# same errors), output paths in one place, and the per-stage config snapshots.
 import json
 import os
 from pathlib import Path
 
-from sedm.config import STAGE_SECTIONS, load_samples, runtime_config, stage_config, validate_config
+from sedm.config import STAGE_SECTIONS, check_cohort, load_samples, runtime_config, stage_config, validate_config
 from sedm.errors import InputError
 from sedm.evaluation.outputs import OUTPUT_FILES as EVAL_FILES, PER_PATIENT, PER_SLIDE, SUMMARY_JSON
 from sedm.layout import results_paths
@@ -12,6 +12,7 @@ from sedm.layout import results_paths
 try:
     config = validate_config(config, workflow.configfiles[0] if workflow.configfiles else None)
     SAMPLES = load_samples(config["samples"])
+    check_cohort(config, SAMPLES, workflow.configfiles[0] if workflow.configfiles else None)
 except InputError as exc:
     raise WorkflowError(str(exc)) from None
 

@@ -18,4 +18,4 @@ if config["demo"]["enabled"]:
             ENV
         shell:
             "sedm demo-cohort --config {input.config:q} --samples {input.samples:q} --slide {wildcards.slide:q}"
-            " --out {params.out:q} 2> {log:q}"
+            " --out {params.out:q} --log {log:q}"

@@ -34,4 +34,4 @@ rule train_diffusion:
         # --gpus > 1 (diffusion.gpus or a profile's set-resources): one DDP process per GPU via torchrun
         "sedm train-diffusion --config {input.config:q} --runtime {resources.sedm_runtime:q} --stores {input.stores:q}"
         " {params.unlabelled:q} --out {output:q} --run-dir {params.run_dir:q} --resume auto"
-        " --threads {threads} --gpus {resources.gpu} 2> {log:q}"
+        " --threads {threads} --gpus {resources.gpu} --log {log:q}"

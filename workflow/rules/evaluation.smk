@@ -22,7 +22,7 @@ rule evaluate:
         ENV
     shell:
         "sedm evaluate --config {input.config:q} --samples {input.samples:q} --predictions {params.predictions:q}"
-        " --stores {params.stores:q} --out {params.out:q} 2> {log:q}"
+        " --stores {params.stores:q} --out {params.out:q} --log {log:q}"
 
 
 # Synthetic tiles scored by the segmenter of an arm trained on real tiles only, against their layouts.
@@ -45,4 +45,4 @@ rule layout_fidelity:
         ENV
     shell:
         "sedm layout-fidelity --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q}"
-        " --synthetic {input.synthetic:q} --out {output:q} 2> {log:q}"
+        " --synthetic {input.synthetic:q} --out {output:q} --log {log:q}"

@@ -29,4 +29,4 @@ rule report:
         ENV
     shell:
         "sedm report --config {input.config:q} --runtime {resources.sedm_runtime:q} --samples {input.samples:q}"
-        " --results {params.results:q} --out {output.html:q} --figures-dir {output.figures:q} 2> {log:q}"
+        " --results {params.results:q} --out {output.html:q} --figures-dir {output.figures:q} --log {log:q}"

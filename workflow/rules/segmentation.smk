@@ -36,7 +36,7 @@ rule train_segmentation:
     shell:
         "sedm train-seg --config {input.config:q} --runtime {resources.sedm_runtime:q} --arm {wildcards.arm:q} --stores {input.stores:q}"
         " --samples {input.samples:q} {params.synthetic:q} --out {output.model:q}"
-        " --run-dir {params.run_dir:q} --resume auto --threads {threads} 2> {log:q}"
+        " --run-dir {params.run_dir:q} --resume auto --threads {threads} --log {log:q}"
 
 
 rule predict_slide:
@@ -63,4 +63,4 @@ rule predict_slide:
     shell:
         "sedm predict --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q} --store {input.store:q}"
         " --out {output.prediction:q} --overlay {output.overlay:q} --geojson {output.geojson:q}"
-        " --threads {threads} 2> {log:q}"
+        " --threads {threads} --log {log:q}"

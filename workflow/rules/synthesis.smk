@@ -40,7 +40,7 @@ rule synthesize:
     shell:
         "sedm synthesize --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q} --style-store {input.store:q}"
         " --labelled {params.labelled:q} --n-samples {params.n:q} --threads {threads}"
-        " --out {output.store:q} --montage {output.montage:q} --stats {output.stats:q} 2> {log:q}"
+        " --out {output.store:q} --montage {output.montage:q} --stats {output.stats:q} --log {log:q}"
 
 
 # How far the model takes style from its style patches, on the unlabelled slides (never trained on).
@@ -68,4 +68,4 @@ rule style_check:
     shell:
         "sedm style-check --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q}"
         " --labelled {params.labelled:q} --style-stores {input.stores:q} --out {output.json:q}"
-        " --grid {output.grid:q} 2> {log:q}"
+        " --grid {output.grid:q} --log {log:q}"

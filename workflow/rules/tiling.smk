@@ -24,7 +24,7 @@ rule tile_slide:
     shell:
         "sedm tile --config {input.config:q} --slide-id {wildcards.slide:q} --slide {input.slide:q}"
         " {params.annotation:q} --threads {threads} --out {output.store:q} --table {output.table:q}"
-        " --qc {output.qc:q} 2> {log:q}"
+        " --qc {output.qc:q} --log {log:q}"
 
 
 rule tiling_summary:
@@ -40,4 +40,4 @@ rule tiling_summary:
     conda:
         ENV
     shell:
-        "sedm tiling-summary --samples {input.samples:q} --tables {input.tables:q} --out {output:q} 2> {log:q}"
+        "sedm tiling-summary --samples {input.samples:q} --tables {input.tables:q} --out {output:q} --log {log:q}"
