@@ -161,7 +161,7 @@ def annotated_layouts(sampler: Any, n: int, rng: np.random.Generator, tries: int
 
 
 # --------------------------------------------------------------------------------- the command
-def _encoder_fn(model: Any) -> EncodeFn:
+def encoder_fn(model: Any) -> EncodeFn:
     """Style vectors of single patches (N = 1) as ``model`` makes them."""
     import torch
 
@@ -190,8 +190,8 @@ def style_measures(generator: Any, labels: np.ndarray, styles: Sequence[StyleSet
     return {
         "transfer": transfer,
         "separability": {
-            "trained": separability(_encoder_fn(generator.model), encoder_patches),
-            "random_init": separability(_encoder_fn(random_model), encoder_patches),
+            "trained": separability(encoder_fn(generator.model), encoder_patches),
+            "random_init": separability(encoder_fn(random_model), encoder_patches),
             "patches_per_slide": len(next(iter(encoder_patches.values()))),
         },
     }, outputs
