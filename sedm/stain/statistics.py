@@ -24,7 +24,13 @@ OD_CHANNELS = ("R", "G", "B")
 
 def tissue_pixels(rgb: np.ndarray) -> np.ndarray:
     """(..., 3) uint8 RGB -> (...) bool: True where the pixel is tissue."""
-    return rgb.min(axis=-1) < TISSUE_MAX
+    return darkest(rgb) < TISSUE_MAX
+
+
+def darkest(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) -> (...) the darkest channel; elementwise over the channel planes, several times faster
+    than a reduction over the short last axis."""
+    return np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
 
 
 def rgb_to_od(rgb: np.ndarray) -> np.ndarray:

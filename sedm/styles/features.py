@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.color import rgb2gray
 
-from sedm.stain.statistics import HED_CHANNELS, tissue_hed, tissue_pixels
+from sedm.stain.statistics import HED_CHANNELS, darkest, tissue_hed, tissue_pixels
 
 _FIELDS = (("n", 1), ("hed", 3), ("hed_outer", 9), ("value", 1), ("value_sq", 1), ("sat", 1), ("sat_sq", 1),
            ("lap_n", 1), ("lap", 1), ("lap_sq", 1))
@@ -59,15 +59,15 @@ def image_sums(rgb: np.ndarray, tissue: np.ndarray | None = None) -> np.ndarray:
     out[SLICES["n"]] = n
     out[SLICES["hed"]] = hed.sum(axis=0)
     out[SLICES["hed_outer"]] = (hed.T @ hed).ravel()
-    px = rgb[mask].astype(np.float64)
-    top, bottom = px.max(axis=1), px.min(axis=1)
+    top = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])[mask].astype(np.float64)
+    bottom = darkest(rgb)[mask].astype(np.float64)
     value = top / 255.0  # HSV value and saturation, as the stain jitter scales them
     sat = np.divide(top - bottom, top, out=np.zeros_like(top), where=top > 0)
-    out[SLICES["value"]], out[SLICES["value_sq"]] = value.sum(), (value**2).sum()
-    out[SLICES["sat"]], out[SLICES["sat_sq"]] = sat.sum(), (sat**2).sum()
+    out[SLICES["value"]], out[SLICES["value_sq"]] = value.sum(), value @ value
+    out[SLICES["sat"]], out[SLICES["sat_sq"]] = sat.sum(), sat @ sat
     if min(mask.shape) > 2:
         lap = ndimage.laplace(rgb2gray(rgb).astype(np.float64))[1:-1, 1:-1][mask[1:-1, 1:-1]]
-        out[SLICES["lap_n"]], out[SLICES["lap"]], out[SLICES["lap_sq"]] = len(lap), lap.sum(), (lap**2).sum()
+        out[SLICES["lap_n"]], out[SLICES["lap"]], out[SLICES["lap_sq"]] = len(lap), lap.sum(), lap @ lap
     return out
 
 
