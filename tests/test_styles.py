@@ -223,3 +223,55 @@ def test_commands_write_stats_and_table(store, tmp_path, capsys):
     assert not (tmp_path / "bad.tsv.out").exists()
     assert main(["style-stats", "--store", str(tmp_path), "--out", str(tmp_path / "x.json")]) == 2
     assert "not a Zarr store" in capsys.readouterr().err
+
+
+def test_style_embedding_is_the_mean_of_the_models_style_vectors(tmp_path):
+    """Mean and spread of the encoder's vectors over the drawn patches, seeded; two differently stained
+    slides get different mean vectors; a model of other classes is one clear error."""
+    from builders.synthesis import CLASSES as SYN_CLASSES, make_model, make_store
+    from sedm.models.io import load_model
+    from sedm.seeds import rng_for
+    from sedm.styles.embedding import slide_embedding
+    from sedm.synthesis.style_check import encoder_fn
+    from sedm.synthesis.styles import StoreStyleSource
+
+    model = make_model(tmp_path / "model")
+    pink = make_store(tmp_path / "pink.zarr", "pink", tint=(220, 120, 190))
+    blue = make_store(tmp_path / "blue.zarr", "blue", tint=(120, 140, 220))
+    kw = dict(classes=SYN_CLASSES, n_patches=6, seed=3, min_tissue_fraction=0.5)
+    got = slide_embedding(model, pink, **kw)
+    patches, _ = StoreStyleSource(pink, size=32, mpp=1.0, min_tissue_fraction=0.5).draw(
+        rng_for(3, "styles", "embedding", "pink"), 6)
+    ref = encoder_fn(load_model(model))(patches).astype(np.float64)
+    assert got["n_patches"] == 6 and got["dim"] == ref.shape[1]
+    assert np.allclose(got["mean"], ref.mean(axis=0), atol=1e-6) and np.allclose(got["std"], ref.std(axis=0), atol=1e-6)
+    assert got["spread"] == pytest.approx(float(ref.std(axis=0).mean()), abs=1e-6)
+    assert slide_embedding(model, pink, **kw)["mean"] == got["mean"]
+    other = slide_embedding(model, blue, **kw)
+    assert np.linalg.norm(np.subtract(other["mean"], got["mean"])) > 1e-3
+    with pytest.raises(InputError, match="classes"):
+        slide_embedding(model, pink, **{**kw, "classes": ["x", "y"]})
+
+
+def test_sparse_store_skips_unwritten_shards_exactly(tmp_path):
+    """Only a few shards written (the rest absent, read as glass): the statistics equal numpy's over
+    the whole slide, and the dask graph has tasks for the written shards only."""
+    from sedm.styles.slide import slide_sums
+    from sedm.tiling.store import create_store
+
+    path = tmp_path / "sparse.zarr"
+    root = create_store(path, slide_id="sp", height=512, width=1024, mpp=0.25, tile_size=64, levels=1, classes=CLASSES,
+                        provenance={}, shard_tiles=4)
+    rng = np.random.default_rng(1)
+    patch = np.clip(rng.normal((200, 120, 180), 20, (64, 256, 3)), 0, 255).astype(np.uint8)
+    for y, x in ((64, 256), (320, 768)):
+        root["0"][:, y:y + 64, x:x + 256] = np.moveaxis(patch, -1, 0)
+        root["labels/tissue/0"][y:y + 64, x:x + 256] = 1
+    store = SlideStore(path)
+    assert [s[1:] for s in store.written_shards("0")] == [(1, 1), (5, 3)]
+    ref = _reference(store.read_image(0, 0, 512, 1024), store.read_tissue(0, 0, 512, 1024), 64)
+    got = style_stats(path, threads=2)
+    assert got["tissue_pixels"] == ref["n"] == 2 * 64 * 256
+    assert np.allclose(got["od_mean"], ref["mean"]) and np.allclose(got["od_cov"], ref["cov"])
+    lazy = slide_sums(store)
+    assert sum(1 for k in dict(lazy.__dask_graph__()) if "_block" in str(k)) == 2

@@ -1,7 +1,7 @@
 """Whole-slide stain statistics with dask over a store, and ``sedm style-stats``.
 
 The level-0 image and the tissue mask are read as dask arrays chunked by image shard
-(:meth:`sedm.tiling.store.SlideStore.lazy`): one task per shard reads it, turns it into the sums
+(:meth:`sedm.tiling.store.SlideStore.lazy`): one task per written shard reads it, turns it into the sums
 of :mod:`sedm.styles.features` and drops the pixels, and dask adds the sums in a tree. Memory is a
 few shards per thread whatever the slide size, the graph has a task per shard (not per tile), and
 the threaded scheduler runs the blocks in parallel (decoding and numpy release the GIL). A synthetic
@@ -41,15 +41,22 @@ def _sample_block(images: np.ndarray) -> np.ndarray:
 
 
 def slide_sums(store: SlideStore) -> "Any":
-    """Lazy (N_SUMS,) sums over the tissue of the store's level 0 (a 0-d reduction: call ``compute``)."""
+    """Lazy (N_SUMS,) sums over the tissue of the store's level 0 (call ``compute``).
+
+    Only shards written to disk become tasks: an unwritten image shard reads as glass (the fill
+    value, never a tissue pixel), so it adds exactly nothing, and a mostly empty slide costs what its
+    tissue costs.
+    """
     import dask.array as da
 
     image = store.lazy(0).image
-    tissue = store.lazy_tissue()
-    ny, nx = len(image.chunks[0]), len(image.chunks[1])
-    parts = da.map_blocks(_block, image, tissue[..., None], tile=store.tile_size, dtype=np.float64,
-                          chunks=((1,) * ny, (1,) * nx, (N_SUMS,)), meta=np.empty((0, 0, 0)))
-    return parts.sum(axis=(0, 1))
+    tissue = store.lazy_tissue()[..., None]
+    parts = [da.map_blocks(_block, image.blocks[i, j], tissue.blocks[i, j], tile=store.tile_size, dtype=np.float64,
+                           chunks=((1,), (1,), (N_SUMS,)), meta=np.empty((0, 0, 0)))
+             for _, i, j in store.written_shards("0")]
+    if not parts:
+        return da.zeros(N_SUMS, chunks=N_SUMS)
+    return da.concatenate(parts, axis=0).sum(axis=(0, 1))
 
 
 def synthetic_sums(path: Path) -> "Any":

@@ -256,6 +256,14 @@ class SlideStore:
         """Every level, full resolution first."""
         return [self.lazy(k) for k in range(self.levels)]
 
+    def written_shards(self, name: str = "0") -> list[tuple[int, ...]]:
+        """Grid indices (sorted) of the shards of array ``name`` that exist as files; every other shard
+        reads as the fill value (glass for the image), so a whole-slide pass can skip it unread."""
+        prefix, sep = "c" + CHUNK_KEYS["separator"], CHUNK_KEYS["separator"]
+        folder = self.path / name
+        return sorted(tuple(int(v) for v in f.name[len(prefix):].split(sep)) for f in folder.iterdir()
+                      if f.name.startswith(prefix)) if folder.is_dir() else []
+
     def _level0_chunks(self) -> tuple[int, int]:
         return tuple(self._array("0").shards[1:])
 
