@@ -237,6 +237,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "diffusion": ("seed", "classes", "diffusion"),
     "synthesis": ("seed", "classes", "synthesis"),
     "segmentation": ("seed", "classes", "segmentation"),
+    "styles": ("seed", "classes", "styles"),
     "evaluation": ("seed", "classes", "evaluation"),
 }
 """Config sections each stage reads. The workflow snapshots them per stage (``sedm write-config``),

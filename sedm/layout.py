@@ -22,6 +22,10 @@ RESULTS: dict[str, str] = {
     "synthetic": "synthesis/{slide}.zarr",
     "synthesis_montage": "synthesis/{slide}.montage.png",
     "synthesis_stats": "synthesis/{slide}.stats.json",
+    "slide_style": "styles/{slide}.stats.json",  # sedm style-stats: whole-slide stain statistics (dask)
+    "synthetic_style": "styles/synthetic/{slide}.stats.json",  # the same over a synthetic set
+    "slide_embedding": "styles/{slide}.embedding.json",  # sedm style-embedding: the model's style vectors
+    "style_table": "styles/cohort.tsv",  # sedm style-table: one row per slide and synthetic set
     "seg_model": "segmentation/{arm}/model",
     "seg_run": "segmentation/{arm}/run",
     "prediction": "predictions/{arm}/{slide}.zarr",

@@ -202,3 +202,29 @@ def test_mismatched_arms_and_cli(hand, capsys):
     explicit = [f"real={tmp / 'pred' / 'A' / f'{s}.zarr'}" for s in TRUTH]
     assert main([*args, "--predictions", *explicit]) == 0
     assert json.loads((tmp / "eval" / "summary.json").read_text())["comparisons"] == []
+
+
+def test_evaluate_with_style_table_adds_distances_and_correlations(hand):
+    from sedm.styles.features import FEATURES
+
+    tmp, samples, stores = hand
+    cfg = validate_config({"classes": CLASSES, "seed": 0, "evaluation": {"baseline": "A", "n_boot": 200}})
+    preds = parse_predictions([f"A={tmp / 'pred' / 'A'}", f"perfect={tmp / 'pred' / 'perfect'}"])
+    feats = {"L1": [0.0, 0.0], "L2": [1.0, 0.0], "s1": [0.0, 1.0], "s2": [2.0, 1.0], "s3": [4.0, 2.0]}
+    rows = [{"slide_id": s, "patient_id": {"s1": "P1", "s2": "P1", "s3": "P2"}.get(s, "PL"),
+             "role": "labelled" if s.startswith("L") else "test", "kind": "slide", "tissue_pixels": 1,
+             **dict.fromkeys(FEATURES, 0.3), **dict(zip(FEATURES, v))} for s, v in feats.items()]
+    styles = pd.DataFrame(rows)
+    summary = evaluate(cfg, samples=load_samples(samples), predictions=preds, stores=stores, out=tmp / "eval",
+                       styles=styles)
+    entry = summary["style_distance"]["spaces"]["stain"]
+    assert set(entry["patients"]) == {"P1", "P2"} and entry["patients"]["P2"] > entry["patients"]["P1"]
+    assert entry["arms"]["perfect"]["gain"]["n"] == 2 and "gain" not in entry["arms"]["A"]
+    assert summary["style_distance"]["baseline"] == "A"
+    pp = pd.read_parquet(tmp / "eval" / "per_patient.parquet").set_index(["arm", "patient_id"])
+    assert pp.loc[("A", "P2"), "stain_style_distance"] == pytest.approx(entry["patients"]["P2"])
+    # a table without one of the evaluated slides: one clear error before anything is computed or written
+    with pytest.raises(InputError, match=r"no row for test slide\(s\) \['s3'\]"):
+        evaluate(cfg, samples=load_samples(samples), predictions=preds, stores=stores, out=tmp / "eval2",
+                 styles=styles[styles["slide_id"] != "s3"])
+    assert not (tmp / "eval2").exists()

@@ -121,6 +121,7 @@ def write_results(root: Path, class_name: str = "tumour") -> None:
                                                            "pooled_dice": 0.7}}}
     summary["comparisons"].append({"arm": "stedm", "baseline": "real", "mean_diff": 0.1, "ci95": [0.05, 0.15],
                                    "wilcoxon_p": 0.000123, "n_patients": 3, "note": ""})
+    summary["style_distance"] = write_styles(root, pd.DataFrame(pp))
     (root / "eval/summary.json").write_text(json.dumps(summary))
 
     for arm_i, arm in enumerate(ARMS):
@@ -135,6 +136,29 @@ def write_results(root: Path, class_name: str = "tumour") -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
                             f"{10.0 + k}\t0:00:10\t{500 + k}\t900\t400\t450\t1\t2\t50\t{8.0 + k}\n")
+
+
+# stain features per slide (first two features; the rest constant): T2 and T3 (patient P5) far from L1/L2
+STYLE_FEATURES = {"L1": [0.0, 0.0], "L2": [1.0, 0.0], "U1": [2.0, 2.0], "T1": [0.2, 0.1], "T2": [4.0, 3.0],
+                  "T3": [3.0, 3.0], "T4": [1.5, 1.0]}
+
+
+def write_styles(root: Path, per_patient: pd.DataFrame) -> dict:
+    """styles/cohort.tsv as `sedm style-table` writes it (a synthetic set near U1), and the summary's
+    style_distance entry as `sedm evaluate` computes it from that table."""
+    from sedm.evaluation.style_gain import style_gain
+    from sedm.styles.features import FEATURES
+
+    rows = []
+    for (slide, patient, role), kind in [(r, "slide") for r in SLIDES] + [(("U1", "P3", "unlabelled"), "synthetic")]:
+        values = STYLE_FEATURES[slide] if kind == "slide" else [1.8, 1.9]
+        rows.append({"slide_id": slide, "patient_id": patient, "role": role, "kind": kind, "tissue_pixels": 100,
+                     **dict.fromkeys(FEATURES, 0.5), **dict(zip(FEATURES, values))})
+    table = pd.DataFrame(rows)
+    (root / "styles").mkdir()
+    table.to_csv(root / "styles/cohort.tsv", sep="\t", index=False)
+    entry, _ = style_gain(per_patient, table, ["T1", "T2", "T3", "T4"], "real", 200, 0)
+    return entry
 
 
 @pytest.fixture
@@ -201,7 +225,13 @@ def test_full_report_shows_every_section_deterministically(cohort, tmp_path):
     assert re.search(r"best patient: P4 \(macro_dice 0\.900\)", text)
     assert re.search(r"worst patient: P5 \(macro_dice 0\.500\)", text)
     sections = {f.section for f in figures}
-    assert sections == {"tiling", "diffusion", "synthesis", "segmentation", "evaluation", "predictions"}
+    assert sections == {"tiling", "diffusion", "synthesis", "segmentation", "evaluation", "styles", "predictions"}
+    # style map: the far patient P5 has the largest distance; correlations from summary.json, descriptive
+    styles = re.search(r'<section id="styles">(.*?)</section>', html, flags=re.S).group(1)
+    dist = {p: float(d) for p, d in re.findall(r"<tr><td>(P\d)</td><td class=\"num\">([0-9.]+)</td>", styles)}
+    assert set(dist) == {"P4", "P5", "P6"} and max(dist, key=dist.get) == "P5"
+    assert "descriptive" in styles and "gain over baseline" in styles and "<td>U1</td>" in styles
+    assert {"style_map_stain", "gain_vs_distance_stain"} <= {f.name for f in figures if f.section == "styles"}
     overlays = sorted(f.name for f in figures if f.section == "predictions")
     assert overlays == sorted(f"overlay_{a}_{s}" for a in ARMS for s in ("T1", "T2", "T3"))
     # compute cost: tile_slide has 7 jobs, 10+11+...+16 s
@@ -237,8 +267,8 @@ def test_partial_pipeline_sections_say_not_run(tmp_path, capsys):
     assert rc == 0
     html = out.read_text()
     text = _text(html)
-    for section in ("tiling", "diffusion", "style-transfer", "synthesis", "segmentation", "evaluation", "predictions",
-                    "compute"):
+    for section in ("tiling", "diffusion", "style-transfer", "synthesis", "segmentation", "evaluation", "styles",
+                    "predictions", "compute"):
         body = re.search(rf'<section id="{section}">(.*?)</section>', html, flags=re.S).group(1)
         assert "Not run." in body, section
     assert "n_tiles" in text  # the cohort table still shows what the tiling summary has

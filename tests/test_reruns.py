@@ -45,6 +45,15 @@ def style_jobs(n: dict[str, int], check: bool = True) -> dict[str, int]:
     return jobs
 
 
+def styles_jobs(n: dict[str, int]) -> dict[str, int]:
+    """The styles stage's jobs: stain statistics per slide and the cohort table; with a diffusion model
+    (an unlabelled slide) also per synthetic set and the style embedding per slide."""
+    jobs = {"slide_style": n["slides"], "style_table": 1}
+    if n["unlabelled"]:
+        jobs.update({"synthetic_style": n["unlabelled"], "style_embedding": n["slides"]})
+    return jobs
+
+
 def rerun(work: Path) -> Counter:
     """Jobs a dry run plans and a real run then executes (they must agree)."""
     planned = planned_jobs(output(snakemake(work, "--dry-run", "--quiet", "rules")))
@@ -59,7 +68,7 @@ def test_first_run_executes_every_stage_with_a_benchmark(done):
     assert jobs == {"stage_config": len(STAGE_SECTIONS), "demo_cohort": n["slides"], "tile_slide": n["slides"],
                     "tiling_summary": 1, "train_diffusion": 1, "synthesize": n["unlabelled"],
                     "train_segmentation": n["arms"], "predict_slide": n["arms"] * n["test"], "evaluate": 1, "report": 1,
-                    **style_jobs(n)}
+                    **style_jobs(n), **styles_jobs(n)}
     # every rule but the instant stage_config writes a benchmark, and the report's compute table lists them
     bench = done / "results/benchmarks"
     assert {p.name for p in bench.iterdir()} == set(jobs) - {"stage_config"}
@@ -106,5 +115,6 @@ def test_tiling_change_reruns_everything_downstream_of_tiling_not_the_demo(done)
     edit_config(done, "tiling", min_tissue_fraction=0.1)
     assert rerun(done) == {"stage_config": 2, "tile_slide": n["slides"], "tiling_summary": 1, "train_diffusion": 1,
                            "synthesize": n["unlabelled"], "train_segmentation": n["arms"],
-                           "predict_slide": n["arms"] * n["test"], "evaluate": 1, "report": 1, **style_jobs(n)}
+                           "predict_slide": n["arms"] * n["test"], "evaluate": 1, "report": 1, **style_jobs(n),
+                           **styles_jobs(n)}
     assert "Nothing to be done" in output(snakemake(done, "--dry-run"))

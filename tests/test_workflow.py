@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from builders.workflow import REPO, edit_config, make_workdir, read_sheet, snakemake
+from builders.workflow import REPO, edit_config, make_workdir, output, planned_jobs, read_sheet, snakemake
 from sedm.tiling.store import SlideStore
 
 pytestmark = pytest.mark.slow
@@ -110,3 +111,23 @@ def test_dry_run_catches_what_would_fail_late(tmp_path):
     sheet.to_csv(work / "samples.tsv", sep="\t", index=False)
     proc = snakemake(work, "--dry-run", check=False)
     assert proc.returncode != 0 and "have labelled and test slides" in proc.stdout + proc.stderr
+
+
+def test_slide_style_is_its_own_job_rerun_only_with_its_store(tiled, tmp_path):
+    """Stain statistics of one slide: computed from its store alone, untouched by other config sections,
+    rerun when the store is re-tiled; the evaluation waits for the cohort style table."""
+    work = tmp_path / "w"
+    shutil.copytree(tiled, work, symlinks=True)
+    slide = pd.read_csv(work / "samples.tsv", sep="\t", comment="#")["slide_id"].iloc[0]
+    target = f"results/styles/{slide}.stats.json"
+    snakemake(work, target)
+    stats = json.loads((work / target).read_text())
+    assert stats["slide_id"] == slide and stats["tissue_pixels"] > 0 and stats["kind"] == "slide"
+    edit_config(work, "styles", embedding_patches=8)
+    edit_config(work, "segmentation", lr=0.0123)
+    assert "Nothing to be done" in output(snakemake(work, target, "--dry-run"))
+    edit_config(work, "tiling", min_tissue_fraction=0.5)
+    assert planned_jobs(output(snakemake(work, target, "--dry-run", "--quiet", "rules"))) == {
+        "stage_config": 1, "tile_slide": 1, "slide_style": 1}
+    shell = output(snakemake(work, "results/eval/summary.json", "--dry-run", "--printshellcmds"))
+    assert "--styles results/styles/cohort.tsv" in shell and "sedm style-table" in shell

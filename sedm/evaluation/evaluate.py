@@ -7,6 +7,10 @@ sedm.evaluation.metrics); across patients mean, std, median, IQR and the worst p
 pooled over all pixels. Each arm is compared with the baseline arm on paired per-patient macro
 Dice: mean difference, patient-level bootstrap 95% CI and Wilcoxon signed-rank p-value.
 
+With ``--styles`` (the cohort table of ``sedm style-table``) each test patient also gets its distance
+to the nearest labelled style, and summary.json the rank correlation of Dice and of the gain over the
+baseline with it (:mod:`sedm.evaluation.style_gain`).
+
 Outputs in ``--out``: per_slide / per_patient tables (.parquet + .csv), summary.json (see
 :func:`summary_json`) and summary.csv (every statistic of every arm x class x metric).
 """
@@ -32,6 +36,8 @@ from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
 from sedm.evaluation.outputs import (ARM, CONFUSION, MACRO_DICE, MACRO_IOU, PATIENT, PER_PATIENT, PER_SLIDE, SLIDE,
                                      SUMMARY_CSV, SUMMARY_JSON, TABLE_SUFFIXES, class_column)
 from sedm.evaluation.stats import describe, paired_comparison
+from sedm.evaluation.style_gain import distance_column, style_gain
+from sedm.styles.space import SLIDE_ID as STYLE_SLIDE, read_table as read_style_table
 from sedm.tiling.store import SlideStore, open_checked
 
 log = logging.getLogger(__name__)
@@ -43,13 +49,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prediction Zarr of one slide, or a folder of <slide>.zarr predictions, per arm")
     parser.add_argument("--stores", nargs="+", required=True, type=Path, help="stores of the test slides (truth)")
     parser.add_argument("--out", required=True, type=Path, help="folder to write the tables and summary into")
+    parser.add_argument("--styles", type=Path, default=None,
+                        help="cohort style table (sedm style-table): adds gain vs style distance")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     samples = load_samples(args.samples)
     predictions = parse_predictions(args.predictions)
-    evaluate(cfg, samples=samples, predictions=predictions, stores=args.stores, out=args.out)
+    styles = None
+    if args.styles is not None:
+        if not args.styles.is_file():
+            raise InputError(args.styles, "--styles", "file does not exist", "run `sedm style-table` first")
+        styles = read_style_table(args.styles)
+    evaluate(cfg, samples=samples, predictions=predictions, stores=args.stores, out=args.out, styles=styles)
     return 0
 
 
@@ -130,8 +143,9 @@ def _nan_to_none(value: Any) -> Any:
 
 
 def summary_json(per_patient: pd.DataFrame, classes: Sequence[str], pooled: Mapping[str, np.ndarray],
-                 comparisons: list[dict[str, Any]]) -> dict[str, Any]:
-    """``{"unit": "patient", "arms": {ARM: {...}}, "comparisons": [...]}`` with NaN written as null.
+                 comparisons: list[dict[str, Any]], style_distance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``{"unit": "patient", "arms": {ARM: {...}}, "comparisons": [...]}`` with NaN written as null, plus
+    ``style_distance`` (:func:`sedm.evaluation.style_gain.style_gain`) when the style table was given.
 
     Arm entries: mean / std / median / worst (min) of the per-patient macro Dice over tissue classes,
     mean per-patient macro IoU, patients with a finite macro Dice, and ``per_class`` (per class the
@@ -151,7 +165,10 @@ def summary_json(per_patient: pd.DataFrame, classes: Sequence[str], pooled: Mapp
         arms[str(arm)] = {"mean_dice": d["mean"], "std_dice": d["std"], "median_dice": d["median"],
                           "worst_dice": d["min"], "mean_iou": j["mean"], "n_patients": d["n"],
                           "per_class": per_class}
-    return _nan_to_none({"unit": "patient", "arms": arms, "comparisons": comparisons})
+    out = {"unit": "patient", "arms": arms, "comparisons": comparisons}
+    if style_distance is not None:
+        out["style_distance"] = style_distance
+    return _nan_to_none(out)
 
 
 def summary_table(per_patient: pd.DataFrame, classes: Sequence[str], pooled: Mapping[str, np.ndarray]) -> pd.DataFrame:
@@ -177,7 +194,7 @@ def _write_table(df: pd.DataFrame, out: Path, name: str) -> None:
 
 
 def evaluate(cfg: Mapping[str, Any], *, samples: pd.DataFrame, predictions: Mapping[str, Mapping[str, Path]],
-             stores: Sequence[Path], out: Path) -> dict[str, Any]:
+             stores: Sequence[Path], out: Path, styles: pd.DataFrame | None = None) -> dict[str, Any]:
     """Score every arm's predictions; write the tables and summary into ``out``; return the summary."""
     classes, ev = list(cfg["classes"]), cfg["evaluation"]
     truth = {}
@@ -193,6 +210,9 @@ def evaluate(cfg: Mapping[str, Any], *, samples: pd.DataFrame, predictions: Mapp
     missing = [s for s in slides if s not in truth]
     if missing:
         raise InputError(None, "--stores", f"no store for predicted slide(s) {missing}", "pass their stores")
+    if styles is not None and (missing := sorted(set(slides) - set(styles[STYLE_SLIDE]))):
+        raise InputError(None, "--styles", f"the style table has no row for test slide(s) {missing}",
+                         "pass the table made from the same sample sheet")
     not_test = [s for s in slides if samples.at[s, "role"] != "test"]
     if not_test:
         log.warning("evaluating slides that are not marked test: %s", not_test)
@@ -232,7 +252,13 @@ def evaluate(cfg: Mapping[str, Any], *, samples: pd.DataFrame, predictions: Mapp
                                      int(cfg["seed"]) + i)
             comparisons.append({"arm": arm, "baseline": base, "mean_diff": comp["mean_diff"], "ci95": comp["ci95"],
                                 "wilcoxon_p": comp["wilcoxon_p"], "n_patients": comp["n"], "note": comp["note"]})
-    summary = summary_json(per_patient, classes, pooled, comparisons)
+    style_distance = None
+    if styles is not None:
+        style_distance, distances = style_gain(per_patient, styles, slides, base if base in arms else None,
+                                               int(ev["n_boot"]), int(cfg["seed"]))
+        for name, dist in distances.items():
+            per_patient[distance_column(name)] = per_patient[PATIENT].map(dist)
+    summary = summary_json(per_patient, classes, pooled, comparisons, style_distance)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -70,3 +70,48 @@ def paired_comparison(arm: np.ndarray, baseline: np.ndarray, n_boot: int, seed: 
         note = (note or "") + "; the CI of one patient is a point"
     return {"mean_diff": float(d.mean()) if len(d) else float("nan"), "ci95": [lo, hi], "wilcoxon_p": p,
             "n": int(len(d)), "note": note}
+
+
+DESCRIPTIVE_BELOW = 10
+"""Rank correlations over fewer patients than this are labelled descriptive: their bootstrap CI is
+wide and resamples of a handful of patients repeat the same few; no p-value is read from them."""
+
+
+def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(axis=-1, keepdims=True)
+    b = b - b.mean(axis=-1, keepdims=True)
+    den = np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (a * b).sum(axis=-1) / den, np.nan)
+
+
+def spearman_bootstrap(x: Any, y: Any, n_boot: int, seed: int, level: float = 0.95) -> dict[str, Any]:
+    """Spearman's rho of paired values (scipy's definition: Pearson of average ranks), its two-sided
+    p-value and a percentile bootstrap CI resampling pairs (patients) with replacement.
+
+    Pairs with a NaN are left out; resamples whose ranks are constant (rho undefined) are dropped and
+    counted (``n_boot_valid``). ``descriptive`` is set below :data:`DESCRIPTIVE_BELOW` pairs.
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    n, nan = len(x), float("nan")
+    out: dict[str, Any] = {"rho": nan, "p": nan, "ci95": [nan, nan], "n": n, "n_boot_valid": 0,
+                           "descriptive": n < DESCRIPTIVE_BELOW, "note": None}
+    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        out["note"] = f"undefined: {n} patient(s)" + ("" if n < 3 else ", constant values")
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = stats.spearmanr(x, y)
+    out["rho"], out["p"] = float(res.statistic), float(res.pvalue)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    rho = _row_pearson(stats.rankdata(x[idx], axis=1), stats.rankdata(y[idx], axis=1))
+    rho = rho[np.isfinite(rho)]
+    out["n_boot_valid"] = int(len(rho))
+    if len(rho):
+        lo, hi = np.percentile(rho, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+        out["ci95"] = [float(lo), float(hi)]
+    if out["descriptive"]:
+        out["note"] = f"descriptive: {n} patients (< {DESCRIPTIVE_BELOW}); CI and p are not evidence"
+    return out

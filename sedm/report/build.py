@@ -23,7 +23,7 @@ from sedm import __version__
 from sedm.atomic import atomic_path
 from sedm.config import add_config_arguments, load_config, load_samples
 from sedm.errors import InputError
-from sedm.report import evaluation, stages
+from sedm.report import evaluation, stages, styles
 from sedm.report.layout import ResultsLayout
 from sedm.report.tables import Figure, Table, fmt, read_json
 
@@ -87,6 +87,7 @@ def build_report(config: dict, samples: pd.DataFrame, results: str | Path, *, ti
         "synthesis": stages.synthesis_section(samples, layout, figures),
         "segmentation": stages.segmentation_section(layout, figures),
         "evaluation": scores,
+        "styles": styles.style_map_section(samples, layout, scores, figures),
         "predictions": evaluation.predictions_section(samples, layout, scores, figures),
         "compute": stages.compute_section(layout),
         "provenance": provenance(config, layout, config_path, samples_path),

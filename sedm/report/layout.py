@@ -70,6 +70,10 @@ class ResultsLayout:
         return self._p("synthesis_stats", slide=slide)
 
     @property
+    def style_table(self) -> Path:
+        return self._p("style_table")
+
+    @property
     def seg_train_log_pattern(self) -> Path:
         """What :meth:`seg_train_logs` looks for, for a "not run" note."""
         return self._p("seg_run", arm="<arm>") / seg_out.TRAIN_LOG

@@ -142,3 +142,58 @@ def arm_training_curves(logs: dict[str, pd.DataFrame], loss_col: str, val_col: s
             ax_val.set_xlabel("step")
             ax_val.set_ylabel(val_col)
         return _png(fig)
+
+
+ROLE_MARKERS = {"labelled": ("o", "tab:blue"), "unlabelled": ("^", "tab:orange"), "test": ("s", "tab:red")}
+"""Marker and colour of each slide role in the style map."""
+
+
+def style_map(points: pd.DataFrame, synthetic: pd.DataFrame, axis_labels: Sequence[str]) -> bytes:
+    """Every slide as a point of the 2-D style map, marked by role and named; each synthetic set (grey
+    cross) joined to its source slide by a dotted line. ``points``: slide_id, role, x, y;
+    ``synthetic``: slide_id (its source), x, y."""
+    with matplotlib.rc_context(_STYLE):
+        fig = _figure(6.4, 5.0)
+        ax = fig.subplots()
+        where = points.set_index("slide_id")
+        for _, row in synthetic.iterrows():
+            if row["slide_id"] in where.index:
+                src = where.loc[row["slide_id"]]
+                ax.plot([src["x"], row["x"]], [src["y"], row["y"]], ":", color="0.5", linewidth=1)
+        if len(synthetic):
+            ax.scatter(synthetic["x"], synthetic["y"], marker="x", s=40, color="0.35", label="synthetic set", zorder=3)
+        for role, (marker, colour) in ROLE_MARKERS.items():
+            sub = points[points["role"] == role]
+            if len(sub):
+                ax.scatter(sub["x"], sub["y"], marker=marker, s=46, color=colour, edgecolor="black", linewidth=0.4,
+                           label=role, zorder=4)
+        for _, row in points.iterrows():
+            ax.annotate(str(row["slide_id"]), (row["x"], row["y"]), xytext=(4, 3), textcoords="offset points",
+                        fontsize=8)
+        ax.set_xlabel(axis_labels[0])
+        ax.set_ylabel(axis_labels[1] if len(axis_labels) > 1 else "")
+        ax.legend(frameon=False, fontsize=8, loc="best")
+        return _png(fig)
+
+
+def gain_vs_distance(values: pd.DataFrame, arms: Sequence[str], baseline: str | None, distance_label: str) -> bytes:
+    """Per arm, per-patient Dice (left) and gain over the baseline (right) against the patient's
+    style distance; ``values``: patient, arm, distance, dice, gain (NaN for the baseline)."""
+    with matplotlib.rc_context(_STYLE):
+        gain_arms = [a for a in arms if a != baseline] if baseline else []
+        fig = _figure(9.6 if gain_arms else 5.0, 3.6)
+        axes = fig.subplots(1, 2 if gain_arms else 1)
+        ax_d, ax_g = (axes[0], axes[1]) if gain_arms else (axes, None)
+        for colour, arm in zip(_colours(len(arms)), arms):
+            sub = values[values["arm"] == arm].sort_values("distance")
+            ax_d.plot(sub["distance"], sub["dice"], "o", color=colour, label=arm, markersize=5)
+            if ax_g is not None and arm in gain_arms:
+                ax_g.plot(sub["distance"], sub["gain"], "o", color=colour, label=arm, markersize=5)
+        ax_d.set_xlabel(distance_label)
+        ax_d.set_ylabel("per-patient macro Dice")
+        ax_d.legend(frameon=False, fontsize=8)
+        if ax_g is not None:
+            ax_g.axhline(0, color="0.4", linewidth=0.8)
+            ax_g.set_xlabel(distance_label)
+            ax_g.set_ylabel(f"gain over {baseline}")
+        return _png(fig)

@@ -24,7 +24,13 @@ OD_CHANNELS = ("R", "G", "B")
 
 def tissue_pixels(rgb: np.ndarray) -> np.ndarray:
     """(..., 3) uint8 RGB -> (...) bool: True where the pixel is tissue."""
-    return rgb.min(axis=-1) < TISSUE_MAX
+    return darkest(rgb) < TISSUE_MAX
+
+
+def darkest(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) -> (...) the darkest channel; elementwise over the channel planes, several times faster
+    than a reduction over the short last axis."""
+    return np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
 
 
 def rgb_to_od(rgb: np.ndarray) -> np.ndarray:
@@ -35,6 +41,19 @@ def rgb_to_od(rgb: np.ndarray) -> np.ndarray:
 def od_to_rgb(od: np.ndarray) -> np.ndarray:
     """Inverse of :func:`rgb_to_od`, rounded and clipped to uint8."""
     return np.clip(np.rint(256.0 * np.exp(-od) - 1.0), 0, 255).astype(np.uint8)
+
+
+def tissue_hed(img: np.ndarray, tissue: np.ndarray | None = None) -> np.ndarray:
+    """(n, 3) float64 HED optical densities (``skimage.color.rgb2hed``) of the tissue pixels of one
+    (H, W, 3) uint8 image, row-major. ``tissue`` (H, W) bool narrows them further (a store's tissue
+    mask, say); the pixel rule of :func:`tissue_pixels` always applies, so glass inside a mask region
+    never counts. Every HED statistic of sedm goes through here."""
+    mask = tissue_pixels(img)
+    if tissue is not None:
+        mask &= tissue
+    if not mask.any():
+        return np.empty((0, 3))
+    return rgb2hed(img)[mask].astype(np.float64)
 
 
 def mean_tissue_od(images: np.ndarray) -> np.ndarray | None:
@@ -77,13 +96,12 @@ class HedAccumulator:
         """Add (..., H, W, 3) uint8 RGB images."""
         rgb = images.reshape(-1, images.shape[-3], images.shape[-2], 3)
         for img in rgb:
-            tissue = tissue_pixels(img)
-            if not tissue.any():
+            hed = tissue_hed(img)
+            if not len(hed):
                 continue
-            hed = rgb2hed(img)[tissue].astype(np.float64)
             self.total += hed.sum(axis=0)
             self.total_sq += (hed**2).sum(axis=0)
-            self.count += int(tissue.sum())
+            self.count += len(hed)
 
     def merge(self, other: "HedAccumulator") -> None:
         self.total += other.total

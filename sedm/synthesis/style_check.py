@@ -163,7 +163,7 @@ def annotated_layouts(sampler: Any, n: int, rng: np.random.Generator, tries: int
 
 
 # --------------------------------------------------------------------------------- the command
-def _encoder_fn(model: Any) -> EncodeFn:
+def encoder_fn(model: Any) -> EncodeFn:
     """Style vectors of single patches (N = 1) as ``model`` makes them."""
     import torch
 
@@ -199,8 +199,8 @@ def style_measures(generator: Any, labels: np.ndarray, styles: Sequence[StyleSet
         "transfer": transfer,
         "transfer_random_init": {k: chance[k] for k in ("median", "min", "median_distance_ratio", "n_pairs")},
         "separability": {
-            "trained": separability(_encoder_fn(generator.model), encoder_patches),
-            "random_init": separability(_encoder_fn(random_model), encoder_patches),
+            "trained": separability(encoder_fn(generator.model), encoder_patches),
+            "random_init": separability(encoder_fn(random_model), encoder_patches),
             "patches_per_slide": len(next(iter(encoder_patches.values()))),
         },
     }, outputs

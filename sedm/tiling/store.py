@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,9 @@ from sedm import __version__
 from sedm.errors import InputError
 from sedm.labels import class_rgb, class_values
 from sedm.tiling.table import tile_table_path
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 IMAGE_FILL = 255  # glass
 SHARD_TILES = 128
@@ -146,9 +149,34 @@ def create_store(path: str | Path, *, slide_id: str, height: int, width: int, mp
     return root
 
 
+class Level(NamedTuple):
+    """One pyramid level of a store, lazily: µm/px first (as TIAToolbox states resolution), then the
+    (y, x, 3) uint8 RGB dask array."""
+
+    mpp: float
+    image: "da.Array"
+
+
+def lazy_array(array: zarr.Array, chunks: tuple[int, ...] | None = None) -> "da.Array":
+    """``array`` as a dask array, one dask chunk per shard unless ``chunks`` says otherwise.
+
+    A shard is one file and holds up to :data:`SHARD_TILES` tiles, so a whole-slide graph has tens of
+    tasks per tile row instead of one per tile, while a chunk stays small enough that a few of them
+    in memory bound what a computation over the whole slide holds. Untouched shards read as the fill
+    value; zarr reads only the inner chunks a dask chunk covers.
+    """
+    import dask.array as da
+
+    return da.from_zarr(array, chunks=chunks or array.shards or array.chunks)
+
+
 @dataclass(frozen=True)
 class SlideStore:
-    """Read access to one tiled slide; cheap to construct, so each DataLoader worker opens its own."""
+    """Read access to one tiled slide; cheap to construct, so each DataLoader worker opens its own.
+
+    Besides windows read with ``read_*``, :meth:`pyramid`, :meth:`lazy`, :meth:`lazy_tissue` and
+    :meth:`lazy_labels` give the whole slide as dask arrays (for notebooks and whole-slide statistics).
+    """
 
     path: Path
 
@@ -214,6 +242,43 @@ class SlideStore:
             raise InputError(path, None, f"the tile table of {self.path.name} is missing (it lists the tiles to read)",
                              f"keep {path.name} next to the store, as `sedm tile` writes them, or tile the slide again")
         return pd.read_parquet(path)
+
+    @property
+    def levels(self) -> int:
+        """Number of image pyramid levels (level k is at ``mpp * 2**k``)."""
+        return int(self.attrs["levels"])
+
+    def lazy(self, level: int = 0) -> Level:
+        """Level ``level`` as a (y, x, 3) uint8 dask array, one chunk per shard, with its µm/px."""
+        if not 0 <= level < self.levels:
+            raise InputError(self.path, "level", f"level {level} is not in the store's 0..{self.levels - 1}",
+                             "pass a level of the pyramid")
+        image = lazy_array(self._array(str(level))).transpose(1, 2, 0)
+        return Level(self.mpp * 2**level, image)
+
+    def pyramid(self) -> list[Level]:
+        """Every level, full resolution first."""
+        return [self.lazy(k) for k in range(self.levels)]
+
+    def written_shards(self, name: str = "0") -> list[tuple[int, ...]]:
+        """Grid indices (sorted) of the shards of array ``name`` that exist as files; every other shard
+        reads as the fill value (glass for the image), so a whole-slide pass can skip it unread."""
+        prefix, sep = "c" + CHUNK_KEYS["separator"], CHUNK_KEYS["separator"]
+        folder = self.path / name
+        return sorted(tuple(int(v) for v in f.name[len(prefix):].split(sep)) for f in folder.iterdir()
+                      if f.name.startswith(prefix)) if folder.is_dir() else []
+
+    def _level0_chunks(self) -> tuple[int, int]:
+        return tuple(self._array("0").shards[1:])
+
+    def lazy_tissue(self) -> "da.Array":
+        """(y, x) uint8 tissue mask (1 = tissue) at level 0, chunked like the level-0 image (not by its own
+        row-band shards), so it lines up block for block with :meth:`lazy`."""
+        return lazy_array(self._array("labels/tissue/0"), self._level0_chunks())
+
+    def lazy_labels(self) -> "da.Array":
+        """(y, x) uint8 annotation labels at level 0, chunked like the level-0 image."""
+        return lazy_array(self._array("labels/annotation/0"), self._level0_chunks())
 
 
 def open_checked(path: str | Path, classes: list[str], sample_ids: pd.Index | None = None) -> SlideStore:

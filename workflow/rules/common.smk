@@ -77,6 +77,21 @@ def final_targets():
     return [paths.tiling_summary, paths.diffusion_model, paths.report_html] + (eval_files(SUMMARY_JSON) if TEST else [])
 
 
+def synthesis_runs():
+    """The diffusion model is trained (and synthesis runs) only when an arm uses synthetic data."""
+    return bool(UNLABELLED) and any(arm["synthetic"] for arm in config["segmentation"]["arms"].values())
+
+
+def style_table_inputs(wildcards):
+    """Every slide's stain statistics; with a diffusion model also the synthetic sets' and the
+    slides' style embeddings."""
+    inputs = {"samples": config["samples"], "stats": expand(paths.slide_style, slide=SLIDES)}
+    if synthesis_runs():
+        inputs["synthetic"] = expand(paths.synthetic_style, slide=UNLABELLED)
+        inputs["embeddings"] = expand(paths.slide_embedding, slide=SLIDES)
+    return inputs
+
+
 def report_inputs(wildcards):
     """What the report waits for: one file or folder per stage, not each of the hundreds of QC
     thumbnails, montages and overlays it also shows. Those come from the same jobs as files listed
@@ -89,8 +104,9 @@ def report_inputs(wildcards):
         "config": stage_cfg("report"),
         "tiling_summary": paths.tiling_summary,
         "seg_models": expand(paths.seg_model, arm=list(arms)),
+        "styles": paths.style_table,
     }
-    if UNLABELLED and any(arm["synthetic"] for arm in arms.values()):
+    if synthesis_runs():
         # the diffusion model is trained only when an arm uses synthetic data
         inputs["diffusion_model"] = paths.diffusion_model
         if len(UNLABELLED) > 1:

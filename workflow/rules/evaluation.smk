@@ -7,6 +7,7 @@ rule evaluate:
         predictions=expand(paths.prediction, arm=ARMS, slide=TEST),
         samples=config["samples"],
         config=stage_cfg("evaluation"),
+        styles=paths.style_table,
     output:
         eval_files(*EVAL_FILES),
     params:
@@ -22,7 +23,7 @@ rule evaluate:
         ENV
     shell:
         "sedm evaluate --config {input.config:q} --samples {input.samples:q} --predictions {params.predictions:q}"
-        " --stores {params.stores:q} --out {params.out:q} --log {log:q}"
+        " --stores {params.stores:q} --styles {input.styles:q} --out {params.out:q} --log {log:q}"
 
 
 # Synthetic tiles scored by the segmenter of an arm trained on real tiles only, against their layouts.
