@@ -32,6 +32,7 @@ from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
 from sedm.evaluation.outputs import (ARM, CONFUSION, MACRO_DICE, MACRO_IOU, PATIENT, PER_PATIENT, PER_SLIDE, SLIDE,
                                      SUMMARY_CSV, SUMMARY_JSON, TABLE_SUFFIXES, class_column)
 from sedm.evaluation.stats import describe, paired_comparison
+from sedm.segmentation.outputs import PREDICTED_LABELS
 from sedm.tiling.store import SlideStore, open_checked
 
 log = logging.getLogger(__name__)
@@ -90,9 +91,9 @@ def slide_confusion(store: SlideStore, pred_path: Path, band_tiles: int = 8) -> 
     """Confusion matrix of one slide, read in row bands (bounded memory)."""
     pred_root = zarr.open_group(str(pred_path), mode="r", zarr_format=3)
     attrs = dict(pred_root.attrs.get("sedm", {}))
-    pred = pred_root["labels"]
+    pred = pred_root[PREDICTED_LABELS]
     if tuple(pred.shape) != tuple(store.shape):
-        raise InputError(pred_path, "labels", f"shape {pred.shape} differs from the store's {store.shape}",
+        raise InputError(pred_path, PREDICTED_LABELS, f"shape {pred.shape} differs from the store's {store.shape}",
                          f"predict from the store {store.path}")
     if attrs.get("classes") not in (None, store.classes):
         raise InputError(pred_path, "attrs.sedm.classes", f"classes {attrs['classes']} differ from the store's "
