@@ -1,5 +1,6 @@
 # Config and sample-sheet validation (at parse time, through sedm.config so the CLI gives the same
 # errors), output paths in one place, and the per-stage config snapshots.
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ SLIDES = SAMPLES.index.tolist()
 ROLE = SAMPLES["role"].to_dict()
 SLIDE_PATH = SAMPLES["slide_path"].to_dict()  # plain dicts: input functions run once per job
 ANNOTATION_PATH = SAMPLES["annotation_path"].to_dict()
+SHEET_ROW = SAMPLES.to_dict("index")
 LABELLED = [s for s in SLIDES if ROLE[s] == "labelled"]
 UNLABELLED = [s for s in SLIDES if ROLE[s] == "unlabelled"]
 TEST = [s for s in SLIDES if ROLE[s] == "test"]
@@ -58,6 +60,20 @@ def bench_for(rule_name, name="{slide}"):
     return paths.bench.format(rule=rule_name, name=name)
 
 
+# Rules that read the sample sheet take it as `ancient` input (its timestamp ignored: adding a slide
+# must not rerun a model whose slides did not change) and the rows they read as the param `rows`
+# (sheet_rows): Snakemake's params trigger then reruns them exactly when one of those rows changes.
+def sample_sheet():
+    return ancient(config["samples"])
+
+
+def sheet_rows(slides):
+    """A digest of the sheet rows of ``slides``, in sheet order (a few bytes in Snakemake's metadata
+    where the rows themselves would be a cohort's sheet per job)."""
+    rows = json.dumps([[s, SHEET_ROW[s]] for s in slides], sort_keys=True)
+    return hashlib.sha256(rows.encode()).hexdigest()
+
+
 def slide_input(wildcards):
     return SLIDE_PATH[wildcards.slide]
 
@@ -84,7 +100,7 @@ def report_inputs(wildcards):
     cohort builds much faster."""
     arms = config["segmentation"]["arms"]
     inputs = {
-        "samples": config["samples"],
+        "samples": sample_sheet(),
         "config": stage_cfg("report"),
         "tiling_summary": paths.tiling_summary,
         "seg_models": expand(paths.seg_model, arm=list(arms)),
