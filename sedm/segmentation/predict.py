@@ -99,10 +99,15 @@ def class_colors(store: SlideStore) -> dict[int, tuple[int, int, int]]:
 
 
 # ------------------------------------------------------------------------------------ prediction
+def block_tiles(store: SlideStore, block_size: int) -> int:
+    """Tiles per block side."""
+    return max(1, block_size // store.tile_size)
+
+
 def blocks(store: SlideStore, block_size: int) -> list[tuple[int, int, int, int]]:
     """(y0, x0, y1, x1) of the blocks of whole tiles that contain at least one listed tissue tile."""
     t = store.tile_size
-    bt = max(1, block_size // t)  # tiles per block side
+    bt = block_tiles(store, block_size)
     h, w = store.shape
     tiles = store.tiles()
     keys = sorted({(int(y) // t // bt, int(x) // t // bt) for y, x in zip(tiles["y"], tiles["x"])})
@@ -126,16 +131,19 @@ def predict_window(model: torch.nn.Module, image: np.ndarray, *, patch: int, ove
 
 
 def _create_prediction(path: Path, out: Path, store: SlideStore, meta: Mapping[str, Any], model_dir: Path,
-                       probabilities: bool) -> zarr.Group:
+                       probabilities: bool, block_size: int) -> zarr.Group:
     """The empty prediction store at ``path`` (a temporary name of ``out``, whose location the link to
-    the slide's store is relative to)."""
+    the slide's store is relative to). Label chunks are tiles, as in the slide's store; a shard is a
+    block (:func:`blocks`), which is written whole, so the levels cost one file per block, not per tile."""
     h, w = store.shape
     t = store.tile_size
+    side = block_tiles(store, block_size) * t
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     for k in range(store.levels):
         d = 2**k
-        root.create_array(str(k), shape=(-(-h // d), -(-w // d)), chunks=(t // d, t // d), dtype="uint8",
-                          fill_value=0, compressors=compressor(), dimension_names=("y", "x"))
+        root.create_array(str(k), shape=(-(-h // d), -(-w // d)), chunks=(t // d, t // d),
+                          shards=(side // d, side // d), dtype="uint8", fill_value=0, compressors=compressor(),
+                          dimension_names=("y", "x"))
     if probabilities:
         k = len(store.classes)
         root.create_array(PROBABILITIES, shape=(k, h, w), chunks=(k, t, t), dtype="float16", fill_value=0.0,
@@ -186,7 +194,8 @@ def predict(cfg: Mapping[str, Any], *, model_dir: Path, store_path: Path, out: P
     todo = blocks(store, int(inf["block_size"]))
     t0 = time.perf_counter()
     with atomic_path(out) as tmp:
-        root = _create_prediction(tmp, out, store, meta, model_dir, bool(inf["save_probabilities"]))
+        root = _create_prediction(tmp, out, store, meta, model_dir, bool(inf["save_probabilities"]),
+                                  int(inf["block_size"]))
         for y0, x0, y1, x1 in tqdm(todo, desc=f"predict {store.slide_id}", file=sys.stderr, mininterval=2.0):
             wy0, wx0 = max(0, y0 - margin), max(0, x0 - margin)
             wy1, wx1 = min(h, y1 + margin), min(w, x1 + margin)
