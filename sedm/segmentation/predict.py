@@ -149,8 +149,10 @@ def _create_prediction(path: Path, out: Path, store: SlideStore, meta: Mapping[s
         root.create_array(PROBABILITIES, shape=(k, h, w), chunks=(k, t, t), dtype="float16", fill_value=0.0,
                           compressors=compressor(), dimension_names=("c", "y", "x"))
     source = os.path.relpath(store.path.resolve(), Path(out).resolve())
-    root.attrs["ome"] = ome.label_image(str(meta.get("arm") or "prediction"), store.mpp, store.levels,
-                                        ome.class_label_values(store.classes), source=source)
+    colors = class_colors(store)  # those of the overlay and the GeoJSON too
+    values = {v: (name, colors[v]) for name, v in class_values(store.classes).items()}
+    root.attrs["ome"] = ome.label_image(str(meta.get("arm") or "prediction"), store.mpp, store.levels, values,
+                                        source=source)
     root.attrs["sedm"] = {"slide_id": store.slide_id, "arm": meta.get("arm"), "classes": store.classes,
                           "class_values": class_values(store.classes), "unannotated_value": UNANNOTATED,
                           "mpp": store.mpp, "store": str(store.path), "model": str(model_dir),
