@@ -27,6 +27,7 @@ from sedm.config import load_samples, validate_config
 from sedm.diffusion.pipeline import StedmPipeline
 from sedm.diffusion.train import train
 from sedm.models.io import load_model
+from sedm.segmentation.outputs import PREDICTED_LABELS
 from sedm.segmentation.predict import predict
 from sedm.segmentation.train import train as train_seg
 from sedm.runtime.signals import EXIT_REQUEUE
@@ -157,6 +158,6 @@ def test_segmentation_trains_with_amp_on_cuda_resumes_and_predicts_like_cpu(seg_
                     overlay=tmp / f"{device}.png", geojson=tmp / f"{device}.geojson")
         import zarr
 
-        labels[device] = zarr.open_group(str(out), mode="r")["labels"][:]
+        labels[device] = zarr.open_group(str(out), mode="r")[PREDICTED_LABELS][:]
     assert (labels["cuda"] == labels["cpu"]).mean() > 0.999
     assert set(np.unique(labels["cuda"])) <= set(range(1, len(SEG_CLASSES) + 1))

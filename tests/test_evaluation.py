@@ -19,6 +19,7 @@ from sedm.evaluation.evaluate import evaluate, parse_predictions
 from sedm.evaluation.outputs import OUTPUT_FILES
 from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
 from sedm.evaluation.stats import bootstrap_ci, describe, paired_comparison, wilcoxon_p
+from sedm.segmentation.outputs import PREDICTED_LABELS
 from sedm.tiling.store import create_store
 
 CLASSES = ["a", "b", "c"]
@@ -64,7 +65,7 @@ def write_truth(path, slide_id, truth):
 
 def write_prediction(path, slide_id, pred):
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    root.create_array("labels", data=_arr(pred), chunks=(2, 4))
+    root.create_array(PREDICTED_LABELS, data=_arr(pred), chunks=(2, 4))
     root.attrs["sedm"] = {"slide_id": slide_id, "classes": CLASSES}
     return path
 

@@ -7,7 +7,9 @@ because the report prints it, and the report reruns whenever anything upstream d
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
 from collections import Counter
 from pathlib import Path
@@ -15,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builders.workflow import edit_config, executed_jobs, make_workdir, output, planned_jobs, read_sheet, snakemake
+from builders.workflow import (add_sheet_row, edit_config, executed_jobs, make_workdir, output, planned_jobs,
+                               planned_wildcards, read_sheet, snakemake)
 from sedm.config import STAGE_SECTIONS
 
 pytestmark = pytest.mark.slow
@@ -118,3 +121,61 @@ def test_tiling_change_reruns_everything_downstream_of_tiling_not_the_demo(done)
                            "predict_slide": n["arms"] * n["test"], "evaluate": 1, "report": 1, **style_jobs(n),
                            **styles_jobs(n)}
     assert "Nothing to be done" in output(snakemake(done, "--dry-run"))
+
+
+# ---- sample-sheet edits: only the jobs that read the changed rows (dry runs; the sheet is put back)
+@contextlib.contextmanager
+def sheet_edited(work: Path):
+    """Restores the sample sheet afterwards, timestamp included, so the next test finds the run finished."""
+    sheet = work / "samples.tsv"
+    text, stat = sheet.read_text(), sheet.stat()
+    try:
+        yield
+    finally:
+        sheet.write_text(text)
+        os.utime(sheet, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def arms_by_kind(work: Path) -> tuple[list[str], list[str]]:
+    """(arms with synthetic data, arms without)."""
+    arms = yaml.safe_load((work / "config.yaml").read_text())["segmentation"]["arms"]
+    return [a for a, c in arms.items() if c["synthetic"]], [a for a, c in arms.items() if not c["synthetic"]]
+
+
+def test_new_unlabelled_slide_reruns_its_synthesis_and_the_synthetic_arms_only(done):
+    """Not the arms that never read unlabelled slides (real, stain_aug): neither their models nor
+    their predictions."""
+    n, (synthetic, real) = cohort(done), arms_by_kind(done)
+    test = read_sheet(done).query("role == 'test'")["slide_id"].tolist()
+    assert synthetic and real and test
+    with sheet_edited(done):
+        add_sheet_row(done, "U99", "U99", "unlabelled")
+        jobs = planned_wildcards(output(snakemake(done, "--dry-run")))
+    new = "slide=U99"
+    assert jobs == Counter({("demo_cohort", new): 1, ("tile_slide", new): 1, ("tiling_summary", ""): 1,
+                            ("synthesize", new): 1, ("style_check", ""): 1, ("layout_fidelity", ""): 1,
+                            **{("train_segmentation", f"arm={a}"): 1 for a in synthetic},
+                            **{("predict_slide", f"arm={a}, slide={t}"): 1 for a in synthetic for t in test},
+                            ("evaluate", ""): 1, ("report", ""): 1})
+    assert not [job for job in jobs for a in real if f"arm={a}" in job[1]]
+    assert n["unlabelled"] + 1 > 1  # hence the style check, which needs two unlabelled slides
+    assert "Nothing to be done" in output(snakemake(done, "--dry-run"))
+
+
+def test_new_test_slide_is_tiled_predicted_and_evaluated_without_retraining(done):
+    synthetic, real = arms_by_kind(done)
+    with sheet_edited(done):
+        add_sheet_row(done, "T99", "T99", "test")
+        jobs = planned_wildcards(output(snakemake(done, "--dry-run")))
+    new = "slide=T99"
+    assert jobs == Counter({("demo_cohort", new): 1, ("tile_slide", new): 1, ("tiling_summary", ""): 1,
+                            **{("predict_slide", f"arm={a}, {new}"): 1 for a in synthetic + real},
+                            ("evaluate", ""): 1, ("report", ""): 1})
+    assert "Nothing to be done" in output(snakemake(done, "--dry-run"))
+
+
+def test_sheet_edit_that_changes_no_row_reruns_nothing(done):
+    with sheet_edited(done):
+        with open(done / "samples.tsv", "a") as fh:
+            fh.write("# reviewed by the pathologist\n")
+        assert "Nothing to be done" in output(snakemake(done, "--dry-run"))

@@ -7,28 +7,16 @@ import json
 import numpy as np
 import pytest
 import shapely
-import torch
 import zarr
 from PIL import Image
-from builders.segmentation import CLASSES, make_store, tiny_config
+from builders.segmentation import CLASSES, make_model_dir, make_store, tiny_config
 from shapely.geometry import shape
 
 from sedm.cli import main
 from sedm.errors import InputError
-from sedm.segmentation.model import architecture, build_model, save_model_dir
+from sedm.segmentation.outputs import PREDICTED_LABELS, PROBABILITIES
 from sedm.segmentation.predict import mask_polygons, predict
 from sedm.tiling.store import SlideStore
-
-
-def make_model_dir(path, mpp=1.0, patch=32, seed=0):
-    """A model directory with random weights (prediction mechanics do not need a trained model)."""
-    cfg = tiny_config(patch_size=patch)
-    arch = architecture(cfg["segmentation"], len(CLASSES))
-    torch.manual_seed(seed)
-    state = build_model(arch).state_dict()
-    meta = {"architecture": arch, "classes": CLASSES, "mpp": mpp, "patch_size": patch, "arm": "real"}
-    save_model_dir(path, meta, {"best": state, "last": state})
-    return path
 
 
 @pytest.fixture
@@ -45,7 +33,7 @@ def test_predict_writes_prediction_overlay_and_geojson(tmp_path, slide):
 
     store = SlideStore(slide)
     root = zarr.open_group(str(out), mode="r")
-    labels = root["labels"][:]
+    labels = root[PREDICTED_LABELS][:]
     assert labels.shape == store.shape and labels.dtype == np.uint8
     tissue = store.read_tissue(0, 0, *store.shape).astype(bool)
     assert (labels[~tissue] == 0).all()
@@ -76,12 +64,12 @@ def test_probabilities_are_optional_and_sum_to_one(tmp_path, slide):
     predict(cfg, model_dir=make_model_dir(tmp_path / "m"), store_path=slide, out=tmp_path / "p.zarr",
             overlay=tmp_path / "p.png", geojson=tmp_path / "p.geojson")
     root = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
-    probs = root["probabilities"][:].astype(np.float32)
+    probs = root[PROBABILITIES][:].astype(np.float32)
     assert probs.shape == (len(CLASSES), 320, 320)
     tissue = SlideStore(slide).read_tissue(0, 0, 320, 320).astype(bool)
     assert np.allclose(probs.sum(0)[tissue], 1.0, atol=1e-2) and (probs[:, ~tissue] == 0).all()
     # the label is the most probable class (up to float16 rounding of near ties)
-    labels = root["labels"][:].astype(np.int64)
+    labels = root[PREDICTED_LABELS][:].astype(np.int64)
     chosen = np.take_along_axis(probs, np.clip(labels - 1, 0, None)[None], 0)[0]
     assert (chosen[tissue] >= probs.max(0)[tissue] - 2e-3).all()
 
@@ -94,7 +82,7 @@ def test_block_size_does_not_change_labels_much(tmp_path, slide):
         cfg = tiny_config(inference={"block_size": block, "overlap": 0.5})
         predict(cfg, model_dir=model, store_path=slide, out=tmp_path / f"{block}.zarr",
                 overlay=tmp_path / f"{block}.png", geojson=tmp_path / f"{block}.geojson")
-        res[block] = zarr.open_group(str(tmp_path / f"{block}.zarr"), mode="r")["labels"][:]
+        res[block] = zarr.open_group(str(tmp_path / f"{block}.zarr"), mode="r")[PREDICTED_LABELS][:]
     assert (res[64] == res[1024]).mean() > 0.97
 
 

@@ -38,6 +38,7 @@ from sedm.evaluation.outputs import (ARM, CONFUSION, MACRO_DICE, MACRO_IOU, PATI
 from sedm.evaluation.stats import describe, paired_comparison
 from sedm.evaluation.style_gain import distance_column, style_gain
 from sedm.styles.space import SLIDE_ID as STYLE_SLIDE, read_table as read_style_table
+from sedm.segmentation.outputs import PREDICTED_LABELS
 from sedm.tiling.store import SlideStore, open_checked
 
 log = logging.getLogger(__name__)
@@ -103,9 +104,9 @@ def slide_confusion(store: SlideStore, pred_path: Path, band_tiles: int = 8) -> 
     """Confusion matrix of one slide, read in row bands (bounded memory)."""
     pred_root = zarr.open_group(str(pred_path), mode="r", zarr_format=3)
     attrs = dict(pred_root.attrs.get("sedm", {}))
-    pred = pred_root["labels"]
+    pred = pred_root[PREDICTED_LABELS]
     if tuple(pred.shape) != tuple(store.shape):
-        raise InputError(pred_path, "labels", f"shape {pred.shape} differs from the store's {store.shape}",
+        raise InputError(pred_path, PREDICTED_LABELS, f"shape {pred.shape} differs from the store's {store.shape}",
                          f"predict from the store {store.path}")
     if attrs.get("classes") not in (None, store.classes):
         raise InputError(pred_path, "attrs.sedm.classes", f"classes {attrs['classes']} differ from the store's "

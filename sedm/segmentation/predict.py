@@ -8,9 +8,12 @@ computed. Labels outside the store's tissue mask are 0.
 
 Outputs (each written atomically):
 
-* ``PRED.zarr``: Zarr v3 group, array ``labels`` (H, W) uint8 at the store's µm/px (values as in
-  sedm.labels, 0 outside tissue), optionally ``probabilities`` (K, H, W) float16; ``attrs["sedm"]``
-  names slide, arm, classes, µm/px and model.
+* ``PRED.zarr``: an OME-NGFF 0.5 label image (napari and QuPath open it; :mod:`sedm.ome`): arrays
+  ``0``, ``1``, ... (H, W) uint8, level 0 at the store's µm/px (values as in sedm.labels, 0 outside
+  tissue), as many levels as the slide's store, class names and colours in ``image-label``, whose
+  ``source`` is the slide's store (a path relative to the prediction, so a results folder moves
+  whole). Optionally ``probabilities`` (K, H, W) float16 at level 0. ``attrs["sedm"]`` names slide,
+  arm, classes, µm/px and model.
 * an overlay PNG (slide thumbnail with class colours),
 * a GeoJSON FeatureCollection of the predicted regions (QuPath annotations with classification
   name and colour) in level-0 pixel coordinates of the original slide.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -36,12 +40,13 @@ from shapely.geometry import LineString, mapping
 from skimage.measure import find_contours
 from tqdm import tqdm
 
-from sedm import __version__
+from sedm import __version__, ome
 from sedm.atomic import atomic_path, write_text
 from sedm.config import add_config_arguments, load_config
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED, class_rgb, class_values
 from sedm.segmentation.model import load_model, read_meta, to_input
+from sedm.segmentation.outputs import PREDICTED_LABELS, PROBABILITIES
 from sedm.runtime.devices import autocast, resolve_device
 from sedm.tiling.slides import same_mpp
 from sedm.tiling.store import SlideStore, compressor
@@ -94,10 +99,15 @@ def class_colors(store: SlideStore) -> dict[int, tuple[int, int, int]]:
 
 
 # ------------------------------------------------------------------------------------ prediction
+def block_tiles(store: SlideStore, block_size: int) -> int:
+    """Tiles per block side."""
+    return max(1, block_size // store.tile_size)
+
+
 def blocks(store: SlideStore, block_size: int) -> list[tuple[int, int, int, int]]:
     """(y0, x0, y1, x1) of the blocks of whole tiles that contain at least one listed tissue tile."""
     t = store.tile_size
-    bt = max(1, block_size // t)  # tiles per block side
+    bt = block_tiles(store, block_size)
     h, w = store.shape
     tiles = store.tiles()
     keys = sorted({(int(y) // t // bt, int(x) // t // bt) for y, x in zip(tiles["y"], tiles["x"])})
@@ -120,22 +130,44 @@ def predict_window(model: torch.nn.Module, image: np.ndarray, *, patch: int, ove
     return probs[0].float().cpu()
 
 
-def _create_prediction(path: Path, store: SlideStore, meta: Mapping[str, Any], model_dir: Path,
-                       probabilities: bool) -> zarr.Group:
+def _create_prediction(path: Path, out: Path, store: SlideStore, meta: Mapping[str, Any], model_dir: Path,
+                       probabilities: bool, block_size: int) -> zarr.Group:
+    """The empty prediction store at ``path`` (a temporary name of ``out``, whose location the link to
+    the slide's store is relative to). Label chunks are tiles, as in the slide's store; a shard is a
+    block (:func:`blocks`), which is written whole, so the levels cost one file per block, not per tile."""
     h, w = store.shape
     t = store.tile_size
+    side = block_tiles(store, block_size) * t
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    root.create_array("labels", shape=(h, w), chunks=(t, t), dtype="uint8", fill_value=0,
-                      compressors=compressor(), dimension_names=("y", "x"))
+    for k in range(store.levels):
+        d = 2**k
+        root.create_array(str(k), shape=(-(-h // d), -(-w // d)), chunks=(t // d, t // d),
+                          shards=(side // d, side // d), dtype="uint8", fill_value=0, compressors=compressor(),
+                          dimension_names=("y", "x"))
     if probabilities:
         k = len(store.classes)
-        root.create_array("probabilities", shape=(k, h, w), chunks=(k, t, t), dtype="float16", fill_value=0.0,
+        root.create_array(PROBABILITIES, shape=(k, h, w), chunks=(k, t, t), dtype="float16", fill_value=0.0,
                           compressors=compressor(), dimension_names=("c", "y", "x"))
+    source = os.path.relpath(store.path.resolve(), Path(out).resolve())
+    colors = class_colors(store)  # those of the overlay and the GeoJSON too
+    values = {v: (name, colors[v]) for name, v in class_values(store.classes).items()}
+    root.attrs["ome"] = ome.label_image(str(meta.get("arm") or "prediction"), store.mpp, store.levels, values,
+                                        source=source)
     root.attrs["sedm"] = {"slide_id": store.slide_id, "arm": meta.get("arm"), "classes": store.classes,
                           "class_values": class_values(store.classes), "unannotated_value": UNANNOTATED,
                           "mpp": store.mpp, "store": str(store.path), "model": str(model_dir),
                           "model_fingerprint": meta.get("fingerprint"), "sedm_version": __version__}
     return root
+
+
+def _write_labels(root: zarr.Group, levels: int, labels: np.ndarray, y0: int, x0: int) -> None:
+    """A block of level-0 labels at (y0, x0) into every level of the pyramid; blocks are whole tiles,
+    so (y0, x0) falls on a pixel of every level."""
+    for k in range(levels):
+        if k:
+            labels = ome.downsample_labels(labels)
+        d = 2**k
+        root[str(k)][y0 // d:y0 // d + labels.shape[0], x0 // d:x0 // d + labels.shape[1]] = labels
 
 
 def sample_grid(read_rows: Callable[[int, int], np.ndarray], n_rows: int, row_idx: np.ndarray,
@@ -164,7 +196,8 @@ def predict(cfg: Mapping[str, Any], *, model_dir: Path, store_path: Path, out: P
     todo = blocks(store, int(inf["block_size"]))
     t0 = time.perf_counter()
     with atomic_path(out) as tmp:
-        root = _create_prediction(tmp, store, meta, model_dir, bool(inf["save_probabilities"]))
+        root = _create_prediction(tmp, out, store, meta, model_dir, bool(inf["save_probabilities"]),
+                                  int(inf["block_size"]))
         for y0, x0, y1, x1 in tqdm(todo, desc=f"predict {store.slide_id}", file=sys.stderr, mininterval=2.0):
             wy0, wx0 = max(0, y0 - margin), max(0, x0 - margin)
             wy1, wx1 = min(h, y1 + margin), min(w, x1 + margin)
@@ -175,12 +208,12 @@ def predict(cfg: Mapping[str, Any], *, model_dir: Path, store_path: Path, out: P
             labels = (probs.argmax(0) + 1).to(torch.uint8).numpy()
             tissue = store.read_tissue(y0, x0, y1 - y0, x1 - x0).astype(bool)
             labels[~tissue] = UNANNOTATED
-            root["labels"][y0:y1, x0:x1] = labels
-            if "probabilities" in root:
-                root["probabilities"][:, y0:y1, x0:x1] = (probs * torch.from_numpy(tissue)).to(torch.float16).numpy()
+            _write_labels(root, store.levels, labels, y0, x0)
+            if PROBABILITIES in root:
+                root[PROBABILITIES][:, y0:y1, x0:x1] = (probs * torch.from_numpy(tissue)).to(torch.float16).numpy()
         seconds = time.perf_counter() - t0
         root.attrs["sedm"] = {**root.attrs["sedm"], "blocks": len(todo), "seconds": round(seconds, 2)}
-        pred = root["labels"]
+        pred = root[PREDICTED_LABELS]
         band = store.tile_size * 4
 
         colors = class_colors(store)
@@ -201,8 +234,7 @@ def write_overlay(path: Path, store: SlideStore, pred: zarr.Array, colors: Mappi
     h, w = store.shape
     f = max(1, -(-max(h, w) // max_size))  # store pixels per overlay pixel
     rows, cols = np.arange(0, h, f), np.arange(0, w, f)
-    levels = int(store.attrs.get("levels", 1))
-    level = max(k for k in range(levels) if 2**k <= f)  # coarsest pyramid level not coarser than f
+    level = max(k for k in range(store.levels) if 2**k <= f)  # coarsest pyramid level not coarser than f
     d = 2**level
     lh = -(-h // d)
     image = sample_grid(lambda a, b: store.read_image(a, 0, b - a, -(-w // d), level=level), lh,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from sedm.ome import downsample_labels
 from sedm.tiling.geometry import Grid, mean2x2
 from sedm.tiling.shards import ShardWriter
 from sedm.tiling.store import IMAGE_FILL
@@ -66,14 +67,15 @@ def shard_blocks(cells: Sequence[tuple[int, int]], shard_tiles: int) -> Iterator
 class BlockTiler:
     """Turns one :class:`Block` into its shards (image levels, tissue mask, labels) and its rows of
     the tile table. Called from several threads: it only reads shared state, and each block is one
-    shard, so no two threads write the same file."""
+    shard, so no two threads write the same file. ``writers``, ``ann_writers`` and
+    ``tissue_writers`` hold one writer per pyramid level."""
 
     def __init__(self, *, grid: Grid, source: Any, mask: np.ndarray, counts: np.ndarray, iy: np.ndarray,
                  ix: np.ndarray, annotations: list, classes: list[str], scale: float, writers: list[ShardWriter],
-                 ann_writer: ShardWriter, tissue_writer: ShardWriter) -> None:
+                 ann_writers: list[ShardWriter], tissue_writers: list[ShardWriter]) -> None:
         self.grid, self.source, self.mask, self.counts, self.iy, self.ix = grid, source, mask, counts, iy, ix
         self.classes, self.scale = classes, scale
-        self.writers, self.ann_writer, self.tissue_writer = writers, ann_writer, tissue_writer
+        self.writers, self.ann_writers, self.tissue_writers = writers, ann_writers, tissue_writers
         self.index = None
         if annotations:
             from sedm.tiling.annotations import AnnotationIndex
@@ -134,7 +136,7 @@ class BlockTiler:
             tissue = np.zeros((t, t), dtype=np.uint8)
             tissue[:h, :w] = self.mask[self.iy[y:y + h, None], self.ix[None, x:x + w]]
             chunks[(row, col)] = tissue
-        self.tissue_writer.write(chunks, constants=full)
+        _write_levels(self.tissue_writers, chunks, full)
 
     def _write_labels(self, block: Block) -> list[np.ndarray]:
         """Label masks and per-tile label counts. Rasterised tile by tile, not once per block: a
@@ -157,5 +159,15 @@ class BlockTiler:
                 labels[:, w:] = 0
             chunks[(block.row, col)] = labels
             counts.append(np.bincount(labels.ravel(), minlength=self.n_labels))
-        self.ann_writer.write(chunks)
+        _write_levels(self.ann_writers, chunks)
         return counts
+
+
+def _write_levels(writers: list[ShardWriter], chunks: dict[tuple[int, int], np.ndarray],
+                  constants: dict[tuple[int, int], int] | None = None) -> None:
+    """One shard of every level of a label pyramid from its level-0 tiles: a tile is one chunk at
+    every level (sedm.tiling.store), so the shard's chunks keep their indices; constants stay constant."""
+    for k, writer in enumerate(writers):
+        if k:
+            chunks = {index: downsample_labels(chunk) for index, chunk in chunks.items()}
+        writer.write(chunks, constants=constants)

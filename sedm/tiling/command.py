@@ -216,14 +216,14 @@ def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: li
         root.attrs["sedm"] = {**root.attrs["sedm"], "n_tiles": len(cells)}
 
         writers = [ShardWriter(root[str(k)], tmp_store) for k in range(levels)]
-        ann_writer = ShardWriter(root["labels/annotation/0"], tmp_store)
-        tissue_writer = ShardWriter(root["labels/tissue/0"], tmp_store)
+        ann_writers = [ShardWriter(root[f"labels/annotation/{k}"], tmp_store) for k in range(levels)]
+        tissue_writers = [ShardWriter(root[f"labels/tissue/{k}"], tmp_store) for k in range(levels)]
         source, fast = tile_reader(slide, slide_path, scfg, target_mpp, level, cells, tile_size)
         try:
             tiler = BlockTiler(grid=grid, source=source, mask=mask, counts=counts, iy=iy, ix=ix,
                                annotations=annotations, classes=classes, scale=source_mpp / pixel_mpp,
-                               writers=writers, ann_writer=ann_writer, tissue_writer=tissue_writer)
-            direct = all(w.direct for w in (*writers, ann_writer, tissue_writer))
+                               writers=writers, ann_writers=ann_writers, tissue_writers=tissue_writers)
+            direct = all(w.direct for w in (*writers, *ann_writers, *tissue_writers))
             if processes is None:
                 processes = threads > 1 and fast and direct and can_fork_workers()
             elif processes and not (fast and direct and can_fork_workers()):
@@ -253,7 +253,7 @@ def _write_tiles(cells: list[tuple[int, int]], *, tiler: BlockTiler, shard_tiles
         results.extend(block_result)
         bar.update(len(block_result))
 
-    band_rows = tiler.tissue_writer.per_shard[0]
+    band_rows = tiler.tissue_writers[0].per_shard[0]
     try:
         with frozen_gc():
             processes = run_bounded(tiler, with_tissue_bands(shard_blocks(cells, shard_tiles), cells, band_rows),

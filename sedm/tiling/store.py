@@ -4,13 +4,14 @@ Layout of ``<results>/tiles/<slide>.zarr`` (OME-NGFF 0.5, so napari-ome-zarr ope
 
     /                       group; attrs["ome"] multiscales + omero, attrs["sedm"] provenance
     /0, /1, ...             RGB image (c, y, x) uint8 at target µm/px, then downsampled 2x each
-    /labels/annotation/0    (y, x) uint8 label mask, values as in sedm.labels (0 = unannotated)
-    /labels/tissue/0        (y, x) uint8, 1 = tissue
+    /labels/annotation/0, /1, ...  (y, x) uint8 label mask, values as in sedm.labels (0 = unannotated),
+                            one level per image level (every other pixel of the level above)
+    /labels/tissue/0, /1, ...      (y, x) uint8, 1 = tissue, levels likewise
 
 Shard files are named ``c.<i>.<j>...`` inside each array's folder (:data:`CHUNK_KEYS`).
 
 Chunks (the unit a reader decodes) are tiles: level 0 arrays are chunked by ``tile_size``, level k
-of the image by ``tile_size / 2**k``, so every tile maps to exactly one chunk per array. Chunks are
+by ``tile_size / 2**k``, so every tile maps to exactly one chunk per array. Chunks are
 grouped into shards (Zarr v3 ``sharding_indexed``, one file each) of up to :data:`SHARD_TILES`
 tiles of one tile row: one file per tile and array made file creation the largest cost of tiling.
 The tissue mask, which follows from the thumbnail alone and packs to almost nothing, is sharded in bands of
@@ -32,9 +33,9 @@ import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from sedm import __version__
+from sedm import __version__, ome
 from sedm.errors import InputError
-from sedm.labels import class_rgb, class_values
+from sedm.labels import class_values
 from sedm.tiling.table import tile_table_path
 
 if TYPE_CHECKING:
@@ -80,16 +81,6 @@ def tissue_shard_rows(rows: int, cols: int) -> int:
     return max(1, min(rows, TISSUE_SHARD_CHUNKS // max(1, cols)))
 
 
-def _scale(mpp: float, level: int, channel: bool) -> dict:
-    s = mpp * 2**level
-    return {"type": "scale", "scale": ([1.0] if channel else []) + [s, s]}
-
-
-def _axes(channel: bool) -> list[dict]:
-    axes = [{"name": "c", "type": "channel"}] if channel else []
-    return axes + [{"name": n, "type": "space", "unit": "micrometer"} for n in ("y", "x")]
-
-
 def create_store(path: str | Path, *, slide_id: str, height: int, width: int, mpp: float,
                  tile_size: int, levels: int, classes: list[str], provenance: dict[str, Any],
                  shard_tiles: int | None = None) -> zarr.Group:
@@ -115,31 +106,21 @@ def create_store(path: str | Path, *, slide_id: str, height: int, width: int, mp
     labels = root.create_group("labels")
     values = class_values(classes)
     rows, cols = -(-height // tile_size), -(-width // tile_size)
-    for name in ("annotation", "tissue"):
+    label_values = {"annotation": ome.class_label_values(classes), "tissue": {1: ("tissue", ome.TISSUE_RGB)}}
+    for name, label_value in label_values.items():
         grp = labels.create_group(name)
-        shards = (tile_size, n * tile_size) if name == "annotation" else \
-            (tissue_shard_rows(rows, cols) * tile_size, cols * tile_size)
-        grp.create_array("0", shape=(height, width), chunks=(tile_size, tile_size), shards=shards, dtype="uint8",
-                         fill_value=0, compressors=compressor(), chunk_key_encoding=CHUNK_KEYS,
-                         dimension_names=("y", "x"))
-        if name == "annotation":
-            colors = [{"label-value": v, "rgba": [*class_rgb(v), 255]} for v in values.values()]
-            props = [{"label-value": v, "class": c} for c, v in values.items()]
-        else:
-            colors, props = [{"label-value": 1, "rgba": [0, 255, 0, 255]}], [{"label-value": 1, "class": "tissue"}]
-        grp.attrs["ome"] = {
-            "version": "0.5",
-            "multiscales": [{"name": name, "axes": _axes(False),
-                             "datasets": [{"path": "0", "coordinateTransformations": [_scale(mpp, 0, False)]}]}],
-            "image-label": {"version": "0.5", "colors": colors, "properties": props,
-                            "source": {"image": "../../"}},
-        }
-    labels.attrs["ome"] = {"version": "0.5", "labels": ["annotation", "tissue"]}
+        tiles_high = 1 if name == "annotation" else tissue_shard_rows(rows, cols)
+        tiles_wide = n if name == "annotation" else cols
+        for k in range(levels):
+            t = tile_size // 2**k
+            grp.create_array(str(k), shape=(-(-height // 2**k), -(-width // 2**k)), chunks=(t, t),
+                             shards=(tiles_high * t, tiles_wide * t), dtype="uint8", fill_value=0,
+                             compressors=compressor(), chunk_key_encoding=CHUNK_KEYS, dimension_names=("y", "x"))
+        grp.attrs["ome"] = ome.label_image(name, mpp, levels, label_value, source="../../")
+    labels.attrs["ome"] = {"version": ome.VERSION, "labels": list(label_values)}
     root.attrs["ome"] = {
-        "version": "0.5",
-        "multiscales": [{"name": slide_id, "axes": _axes(True),
-                         "datasets": [{"path": str(k), "coordinateTransformations": [_scale(mpp, k, True)]}
-                                      for k in range(levels)]}],
+        "version": ome.VERSION,
+        "multiscales": ome.multiscales(slide_id, mpp, levels, channel=True),
         "omero": {"channels": [{"label": c, "color": col, "window": {"start": 0, "end": 255, "min": 0, "max": 255}}
                                for c, col in zip("RGB", ("FF0000", "00FF00", "0000FF"))], "rdefs": {"model": "color"}},
     }
@@ -217,6 +198,11 @@ class SlideStore:
     @property
     def tile_size(self) -> int:
         return int(self.attrs["tile_size"])
+
+    @property
+    def levels(self) -> int:
+        """Pyramid levels of the image (and of its label images)."""
+        return int(self.attrs.get("levels", 1))
 
     @property
     def shape(self) -> tuple[int, int]:

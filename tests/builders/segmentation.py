@@ -86,6 +86,21 @@ def make_synthetic(path: Path, slide_id: str, *, n: int = 8, size: int = 64, mpp
     return path
 
 
+def make_model_dir(path, mpp=1.0, patch=32, seed=0):
+    """A model directory with random weights (prediction mechanics do not need a trained model)."""
+    import torch
+
+    from sedm.segmentation.model import architecture, build_model, save_model_dir
+
+    cfg = tiny_config(patch_size=patch)
+    arch = architecture(cfg["segmentation"], len(CLASSES))
+    torch.manual_seed(seed)
+    state = build_model(arch).state_dict()
+    meta = {"architecture": arch, "classes": CLASSES, "mpp": mpp, "patch_size": patch, "arm": "real"}
+    save_model_dir(path, meta, {"best": state, "last": state})
+    return path
+
+
 def write_samples(path: Path, rows: list[tuple[str, str, str]]) -> Path:
     """Sample sheet from (slide_id, patient_id, role) rows (paths are placeholders)."""
     lines = ["slide_id\tpatient_id\tslide_path\tannotation_path\trole"]

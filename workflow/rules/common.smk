@@ -1,5 +1,6 @@
 # Config and sample-sheet validation (at parse time, through sedm.config so `sedm validate` gives the
 # same errors), output paths in one place, and the per-stage config snapshots.
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,6 +22,7 @@ SLIDES = SAMPLES.index.tolist()
 ROLE = SAMPLES["role"].to_dict()
 SLIDE_PATH = SAMPLES["slide_path"].to_dict()  # plain dicts: input functions run once per job
 ANNOTATION_PATH = SAMPLES["annotation_path"].to_dict()
+SHEET_ROW = SAMPLES.to_dict("index")
 LABELLED = [s for s in SLIDES if ROLE[s] == "labelled"]
 UNLABELLED = [s for s in SLIDES if ROLE[s] == "unlabelled"]
 TEST = [s for s in SLIDES if ROLE[s] == "test"]
@@ -59,6 +61,20 @@ def bench_for(rule_name, name="{slide}"):
     return paths.bench.format(rule=rule_name, name=name)
 
 
+# Rules that read the sample sheet take it as `ancient` input (its timestamp ignored: adding a slide
+# must not rerun a model whose slides did not change) and the rows they read as the param `rows`
+# (sheet_rows): Snakemake's params trigger then reruns them exactly when one of those rows changes.
+def sample_sheet():
+    return ancient(config["samples"])
+
+
+def sheet_rows(slides):
+    """A digest of the sheet rows of ``slides``, in sheet order (a few bytes in Snakemake's metadata
+    where the rows themselves would be a cohort's sheet per job)."""
+    rows = json.dumps([[s, SHEET_ROW[s]] for s in slides], sort_keys=True)
+    return hashlib.sha256(rows.encode()).hexdigest()
+
+
 def slide_input(wildcards):
     return SLIDE_PATH[wildcards.slide]
 
@@ -85,7 +101,7 @@ def synthesis_runs():
 def style_table_inputs(wildcards):
     """Every slide's stain statistics; with a diffusion model also the synthetic sets' and the
     slides' style embeddings."""
-    inputs = {"samples": config["samples"], "stats": expand(paths.slide_style, slide=SLIDES)}
+    inputs = {"samples": sample_sheet(), "stats": expand(paths.slide_style, slide=SLIDES)}
     if synthesis_runs():
         inputs["synthetic"] = expand(paths.synthetic_style, slide=UNLABELLED)
         inputs["embeddings"] = expand(paths.slide_embedding, slide=SLIDES)
@@ -100,7 +116,7 @@ def report_inputs(wildcards):
     cohort builds much faster."""
     arms = config["segmentation"]["arms"]
     inputs = {
-        "samples": config["samples"],
+        "samples": sample_sheet(),
         "config": stage_cfg("report"),
         "tiling_summary": paths.tiling_summary,
         "seg_models": expand(paths.seg_model, arm=list(arms)),

@@ -3,12 +3,13 @@
 if config["demo"]["enabled"]:
     rule demo_cohort:
         input:
-            samples=config["samples"],
+            samples=sample_sheet(),
             config=stage_cfg("demo"),
         output:
             slide=paths.demo_slide,
             annotation=paths.demo_annotation,
         params:
+            rows=lambda w: sheet_rows([w.slide]),
             out=lambda w, output: Path(output.slide).parent.parent,
         log:
             log_for("demo_cohort"),

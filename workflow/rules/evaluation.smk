@@ -5,7 +5,7 @@ from sedm.evaluation.layout_fidelity import baseline_arm
 rule evaluate:
     input:
         predictions=expand(paths.prediction, arm=ARMS, slide=TEST),
-        samples=config["samples"],
+        samples=sample_sheet(),
         config=stage_cfg("evaluation"),
         styles=paths.style_table,
     output:
@@ -15,6 +15,7 @@ rule evaluate:
         out=lambda w, output: os.path.dirname(output[0]),
         # the test slides' labels; their stores are upstream of the predictions already
         stores=expand(paths.store, slide=TEST),
+        rows=sheet_rows(TEST),  # patients of the test slides
     log:
         log_for("evaluate", "all"),
     benchmark:

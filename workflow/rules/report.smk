@@ -19,6 +19,7 @@ rule report:
     params:
         # the results folder, derived from an input (R/tiles/summary.tsv) so it follows storage prefixes
         results=lambda w, input: os.path.dirname(os.path.dirname(input.tiling_summary)),
+        rows=sheet_rows(SLIDES),  # the cohort table
     resources:
         sedm_runtime=RUNTIME["report"],
     log:

@@ -6,14 +6,16 @@
 wildcard_constraints:
     arm="|".join(ARMS),
 
+ARM_CFG = config["segmentation"]["arms"]
+
 
 rule train_segmentation:
     input:
         stores=expand(paths.store, slide=LABELLED),
-        samples=config["samples"],
+        samples=sample_sheet(),
         # synthetic arms: the synthesis stores of all unlabelled slides (rule synthesize)
         synthetic=lambda w: (
-            expand(paths.synthetic, slide=UNLABELLED) if config["segmentation"]["arms"][w.arm]["synthetic"] else []
+            expand(paths.synthetic, slide=UNLABELLED) if ARM_CFG[w.arm]["synthetic"] else []
         ),
         config=stage_cfg("segmentation"),
     output:
@@ -22,6 +24,9 @@ rule train_segmentation:
         run_dir=lambda w: paths.seg_run.format(arm=w.arm),
         synthetic=lambda w, input: ["--synthetic", *input.synthetic] if input.synthetic else [],
         one_gpu=one_gpu,
+        # the labelled slides' rows (patients for the validation split), and the unlabelled slides'
+        # for an arm that trains on their synthetic data: a new test slide retrains no arm
+        rows=lambda w: sheet_rows(LABELLED + (UNLABELLED if ARM_CFG[w.arm]["synthetic"] else [])),
     threads: config["segmentation"]["threads"]
     resources:
         gpu=config["segmentation"]["gpus"],

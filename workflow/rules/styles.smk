@@ -72,6 +72,7 @@ rule style_table:
     params:
         synthetic=lambda w, input: input.get("synthetic", []),
         embeddings=lambda w, input: input.get("embeddings", []),
+        rows=sheet_rows(SLIDES),  # slide roles and patients
     log:
         log_for("style_table", "all"),
     benchmark:

@@ -30,9 +30,11 @@ rule tile_slide:
 rule tiling_summary:
     input:
         tables=expand(paths.tile_table, slide=SLIDES),
-        samples=config["samples"],
+        samples=sample_sheet(),
     output:
         paths.tiling_summary,
+    params:
+        rows=sheet_rows(SLIDES),
     log:
         log_for("tiling_summary", "all"),
     benchmark:
