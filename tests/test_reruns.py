@@ -154,6 +154,9 @@ def test_new_unlabelled_slide_reruns_its_synthesis_and_the_synthetic_arms_only(d
     new = "slide=U99"
     assert jobs == Counter({("demo_cohort", new): 1, ("tile_slide", new): 1, ("tiling_summary", ""): 1,
                             ("synthesize", new): 1, ("style_check", ""): 1, ("layout_fidelity", ""): 1,
+                            # its style: stain statistics, embedding, its synthetic set's statistics
+                            ("slide_style", new): 1, ("style_embedding", new): 1, ("synthetic_style", new): 1,
+                            ("style_table", ""): 1,
                             **{("train_segmentation", f"arm={a}"): 1 for a in synthetic},
                             **{("predict_slide", f"arm={a}, slide={t}"): 1 for a in synthetic for t in test},
                             ("evaluate", ""): 1, ("report", ""): 1})
@@ -169,6 +172,7 @@ def test_new_test_slide_is_tiled_predicted_and_evaluated_without_retraining(done
         jobs = planned_wildcards(output(snakemake(done, "--dry-run")))
     new = "slide=T99"
     assert jobs == Counter({("demo_cohort", new): 1, ("tile_slide", new): 1, ("tiling_summary", ""): 1,
+                            ("slide_style", new): 1, ("style_embedding", new): 1, ("style_table", ""): 1,
                             **{("predict_slide", f"arm={a}, {new}"): 1 for a in synthetic + real},
                             ("evaluate", ""): 1, ("report", ""): 1})
     assert "Nothing to be done" in output(snakemake(done, "--dry-run"))

@@ -43,7 +43,7 @@ from sedm.synthesis.styles import IMAGE_SUFFIXES, ImageFolderStyleSource, SlideF
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STRENGTH = 0.6
+DEFAULT_STRENGTH = 0.4
 PROVENANCE_NAME = "stylize.json"
 
 
@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
     from sedm.runtime.devices import resolve_device
 
     if not 0.0 < args.strength <= 1.0:
-        raise InputError(None, "--strength", f"{args.strength} is outside (0, 1]", "use e.g. 0.6")
+        raise InputError(None, "--strength", f"{args.strength} is outside (0, 1]", f"use e.g. {DEFAULT_STRENGTH}")
     mcfg = read_model_config(args.model)["model"]
     pairs = pair_inputs(args.input, args.mask)
     for image_path, mask_path in pairs:  # every input checked before the model is loaded

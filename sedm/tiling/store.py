@@ -201,7 +201,7 @@ class SlideStore:
 
     @property
     def levels(self) -> int:
-        """Pyramid levels of the image (and of its label images)."""
+        """Pyramid levels of the image and of its label images (level k is at ``mpp * 2**k``)."""
         return int(self.attrs.get("levels", 1))
 
     @property
@@ -228,11 +228,6 @@ class SlideStore:
             raise InputError(path, None, f"the tile table of {self.path.name} is missing (it lists the tiles to read)",
                              f"keep {path.name} next to the store, as `sedm tile` writes them, or tile the slide again")
         return pd.read_parquet(path)
-
-    @property
-    def levels(self) -> int:
-        """Number of image pyramid levels (level k is at ``mpp * 2**k``)."""
-        return int(self.attrs["levels"])
 
     def lazy(self, level: int = 0) -> Level:
         """Level ``level`` as a (y, x, 3) uint8 dask array, one chunk per shard, with its µm/px."""
