@@ -9,7 +9,8 @@ guessed. On a finished run (``--results``): the most tissue-rich tiles of its te
 (with their annotation as ``--mask``, and without a mask), restyled to each of its first
 unlabelled slides by its diffusion model, through the ``sedm stylize`` command; per strength the
 median over tiles of ``colour_transfer`` (1 = the style's mean tissue optical density, 0 = the
-input's) and ``ssim_luminance`` (structure kept), averaged over the style sources. The last output
+input's), ``ssim_luminance`` (structure kept) and ``output_tissue_fraction`` (no glass, no noise),
+averaged over the style sources. The last output
 line is one JSON object.
 """
 
@@ -33,17 +34,20 @@ from sedm.layout import results_paths  # noqa: E402
 from sedm.synthesis.stylize import PROVENANCE_NAME  # noqa: E402
 from sedm.tiling.store import SlideStore  # noqa: E402
 
-MEASURES = ("colour_transfer", "ssim_luminance")
+MEASURES = ("colour_transfer", "ssim_luminance", "output_tissue_fraction")
 
 
 def write_inputs(stores: list[Path], per_slide: int, size: int, folder: Path) -> None:
-    """The ``per_slide`` most tissue-rich, fully annotated tiles of each store, centre-cropped to
-    ``size``, as ``folder/in/*.png`` and their labels as ``folder/masks/*.png``."""
+    """The ``per_slide`` tiles of each store with the most annotated tissue (the smaller of their
+    tissue and annotated fractions), centre-cropped to ``size``, as ``folder/in/*.png`` and their
+    labels as ``folder/masks/*.png``."""
     (folder / "in").mkdir(parents=True)
     (folder / "masks").mkdir()
     for path in stores:
         store = SlideStore(path)
-        tiles = store.tiles().sort_values(["frac_unannotated", "tissue_fraction"], ascending=[True, False])
+        tiles = store.tiles()
+        annotated_tissue = np.minimum(tiles["tissue_fraction"], 1.0 - tiles["frac_unannotated"])
+        tiles = tiles.assign(key=annotated_tissue).sort_values("key", ascending=False, kind="stable")
         off = (store.tile_size - size) // 2
         for i, t in enumerate(tiles.head(per_slide).itertuples()):
             y, x = int(t.y) + off, int(t.x) + off
@@ -87,8 +91,8 @@ def main() -> None:
                 row = {"strength": strength, "mask": masked,
                        **{m: float(np.mean([s[m] for s in per_style])) for m in MEASURES}}
                 rows.append(row)
-                print(f"strength={strength:.2f} mask={masked!s:5} colour_transfer={row['colour_transfer']:.3f} "
-                      f"ssim_luminance={row['ssim_luminance']:.3f}", flush=True)
+                print(f"strength={strength:.2f} mask={masked!s:5} "
+                      + " ".join(f"{m}={row[m]:.3f}" for m in MEASURES), flush=True)
     print(json.dumps({"benchmark": "stylize_strength", "results": str(args.results), "seed": args.seed,
                       "styles": [s.stem for s in styles], "tiles": args.per_slide * len(test), "rows": rows}))
 

@@ -269,7 +269,8 @@ def run(args: argparse.Namespace) -> int:
                           guidance_rescale=args.guidance_rescale)
     scale = input_scale(args.mpp, mcfg)
     records = stylize(pairs, style, generator, args.out, strength=args.strength, seed=args.seed, scale=scale)
-    summary = {k: _median([r[k] for r in records]) for k in ("colour_transfer", "ssim_luminance")}
+    summary = {k: _median([r[k] for r in records]) for k in ("colour_transfer", "ssim_luminance",
+                                                             "output_tissue_fraction")}
     meta = {"model": str(args.model), "model_sha256": model_sha256(args.model), **generator.settings,
             "strength": args.strength, "seed": args.seed, "style_source": style.slide_id,
             "mpp": mcfg.get("mpp"), "input_mpp": args.mpp, "median": summary, "images": records}
