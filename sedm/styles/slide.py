@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from threadpoolctl import threadpool_limits
 
 from sedm.atomic import write_text
 from sedm.errors import InputError
@@ -96,7 +97,10 @@ def style_stats(path: str | Path, threads: int = 1) -> dict[str, Any]:
         attrs = dict(zarr.open_group(str(path), mode="r", zarr_format=3).attrs["sedm"])
         lazy, slide_id = synthetic_sums(path), attrs["slide_id"]
         extra = {"mpp": attrs.get("mpp")}
-    (sums,) = dask.compute(lazy, scheduler="threads", num_workers=max(1, int(threads)))
+    # one BLAS thread per dask thread: the matrix products of a block are small, and BLAS threads
+    # on top of dask's would ask for threads x cores threads
+    with threadpool_limits(limits=1 if threads > 1 else None, user_api="blas"):
+        (sums,) = dask.compute(lazy, scheduler="threads", num_workers=max(1, int(threads)))
     stats = summarise(np.asarray(sums))
     if kind == "slide":
         extra["tissue_mm2"] = stats["tissue_pixels"] * (extra["mpp"] * 1e-3) ** 2
