@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # run and score them (segmentation validates with the metrics evaluation reports)
     ("sedm.diffusion",),
     ("sedm.synthesis",),
+    ("sedm.styles",),  # slides as numbers: reads stores, synthetic sets and the model's style encoder
     ("sedm.segmentation",),
     ("sedm.evaluation",),
     ("sedm.report",),
