@@ -52,8 +52,9 @@ from sedm.tiling.store import SlideStore  # noqa: E402
 WIDENED = ("block_out_channels", "style_encoder_channels")
 
 
-def widened(diffusion: dict, width: int, steps: list[int]) -> dict:
-    """The demo's diffusion section, ``width`` x the tiny preset's channels, one constant-rate run."""
+def widened(diffusion: dict, width: int, steps: list[int], lr: float | None = None) -> dict:
+    """The demo's diffusion section, ``width`` x the tiny preset's channels, one constant-rate run
+    (at ``lr`` if given: a wider model may need a lower rate than the demo's)."""
     base = PRESETS[diffusion["preset"]]
     every = math.gcd(*steps)
     section = copy.deepcopy(diffusion)
@@ -61,6 +62,8 @@ def widened(diffusion: dict, width: int, steps: list[int]) -> dict:
     section.update(style_dim=base["style_dim"] * width, max_steps=max(steps), lr_schedule="constant",
                    checkpoint_every=every, keep_checkpoints=max(steps) // every + 1, sample_every=0,
                    preview_samples=0, device="cpu")
+    if lr is not None:
+        section["lr"] = lr
     return section
 
 
@@ -101,6 +104,7 @@ def main() -> None:
     ap.add_argument("--results", required=True, help="a finished run's results directory (stores, segmenter)")
     ap.add_argument("--steps", type=int, nargs="+", default=[150, 300, 600, 1200])
     ap.add_argument("--widths", type=int, nargs="+", default=[1, 2], help="channel multipliers of the tiny preset")
+    ap.add_argument("--lr", type=float, default=None, help="learning rate (default: the config's)")
     ap.add_argument("--fidelity-layouts", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="directory to keep the snapshots and measures (default: temporary)")
@@ -121,7 +125,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         root = Path(args.out) if args.out else Path(tmp_name)
         for width in args.widths:
-            cfg = dict(config, diffusion=widened(config["diffusion"], width, steps))
+            cfg = dict(config, diffusion=widened(config["diffusion"], width, steps, args.lr))
             run_dir, work = root / f"w{width}" / "run", root / f"w{width}"
             t0 = time.perf_counter()
             rc = train(cfg, labelled, out=work / "model", run_dir=run_dir)
@@ -134,7 +138,7 @@ def main() -> None:
                 style = measure(cfg, model_dir, labelled, unlabelled, work / f"step-{step}.style.json",
                                 work / f"step-{step}.grid.png")
                 fid = layout_fidelity(cfg, model_dir, labelled, unlabelled, segmenter, args.fidelity_layouts)
-                row = {"width": width, "params_m": round(params / 1e6, 2), "step": step,
+                row = {"width": width, "params_m": round(params / 1e6, 2), "step": step, "lr": cfg["diffusion"]["lr"],
                        "sec_per_step": round(sec_per_step, 3),
                        "transfer_median": style["transfer"]["median"], "transfer_min": style["transfer"]["min"],
                        "transfer_median_random": style["transfer_random_init"]["median"],

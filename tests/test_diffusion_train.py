@@ -94,6 +94,29 @@ def test_truncated_newest_checkpoint_resumes_the_one_before(stores, tmp_path, ca
     assert pd.read_csv(tmp_path / "run_b" / "train_log.csv")["step"].tolist() == [1, 2, 3, 4]
 
 
+def test_non_finite_loss_stops_with_an_error_and_no_diverged_checkpoint(stores, tmp_path, monkeypatch):
+    """A loss that turns NaN (a learning rate too high for the model): one error naming the setting,
+    and the last checkpoint is the one before it, never NaN weights."""
+    import sedm.diffusion.train as trainer
+    from sedm.errors import InputError
+
+    loss, calls = trainer.diffusion_loss, []
+
+    def nan_from_step_3(*args, **kwargs):
+        calls.append(1)
+        value = loss(*args, **kwargs)
+        return value * float("nan") if len(calls) >= 3 else value
+
+    monkeypatch.setattr(trainer, "diffusion_loss", nan_from_step_3)
+    cfg = _config(max_steps=6, checkpoint_every=2, log_every=5, sample_every=0, keep_checkpoints=5)
+    with pytest.raises(InputError, match="diffusion.lr.*NaN or infinite between steps 2 and 4"):
+        train(cfg, stores, out=tmp_path / "model", run_dir=tmp_path / "run")
+    assert [step for step, _ in list_checkpoints(tmp_path / "run")] == [2]
+    assert not (tmp_path / "model").exists()
+    monkeypatch.setattr(trainer, "diffusion_loss", loss)  # the same run with finite losses passes the check
+    assert train(cfg, stores, out=tmp_path / "model", run_dir=tmp_path / "run") == 0
+
+
 def test_checkpoint_of_other_config_is_not_resumed(stores, tmp_path):
     cfg = _config(max_steps=2, checkpoint_every=2)
     assert train(cfg, stores, out=tmp_path / "m", run_dir=tmp_path / "run") == 0

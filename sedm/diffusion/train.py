@@ -159,6 +159,16 @@ def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Te
     return per_sample.mean()
 
 
+def check_finite(loss_sum: torch.Tensor, since: int, step: int, section: Mapping[str, Any], info: D.DistInfo) -> None:
+    """Stop with one clear error when the loss after step ``since`` up to ``step`` is not finite: the weights
+    are lost from there on, and training on would only write NaN checkpoints and a NaN model."""
+    if D.any_rank(not bool(torch.isfinite(loss_sum)), info):
+        raise InputError(None, "diffusion.lr", f"the training loss became NaN or infinite between steps {since} and "
+                         f"{step} at learning rate {section['lr']:g}",
+                         "lower diffusion.lr (e.g. halve it) or raise diffusion.warmup_steps and train again; the "
+                         "checkpoints written before it are intact")
+
+
 def _lr_schedule(opt: torch.optim.Optimizer, section: Mapping[str, Any]) -> torch.optim.lr_scheduler.LambdaLR:
     if section["lr_schedule"] == "cosine":
         return warmup_cosine(opt, section["warmup_steps"], section["max_steps"])
@@ -281,7 +291,7 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
         D.barrier(info)
 
     model.train()
-    step, stopped = start, False
+    step, stopped, checked = start, False, start  # checked: the last step whose loss was seen finite
     t_log, steps_since, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
     t0 = time.perf_counter()
     with StopSignals() as signals:
@@ -313,6 +323,8 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
             bar.update(1)
 
             if step % s["log_every"] == 0 or step == max_steps:
+                check_finite(loss_sum, checked, step, s, info)
+                checked = step
                 mean_loss = D.all_reduce_mean(loss_sum / steps_since, info).item()
                 now = time.perf_counter()
                 if csv is not None:
@@ -326,6 +338,8 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
                 _write_preview(model, ema, preview, run_dir / SAMPLES_DIR / f"step-{step:08d}.png", seed)
             stop = D.any_rank(signals.requested is not None or (stop_at is not None and step >= stop_at), info)
             if stop or step % s["checkpoint_every"] == 0 or step == max_steps:
+                check_finite(loss_sum, checked, step, s, info)  # never checkpoint diverged weights
+                checked = step
                 save_state(step)
             if stop and step < max_steps:
                 stopped = True
