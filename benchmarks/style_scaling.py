@@ -1,6 +1,6 @@
 """How the style measures grow with diffusion training steps and model width.
 
-    python benchmarks/style_scaling.py --results results [--steps 150 300 600 1200] [--widths 1 2]
+    python benchmarks/style_scaling.py --results results [--steps 150 300 600 1200] [--widths 1 2] [--lr 0.001]
 
 The demo trains the ``tiny`` preset for a few hundred CPU steps; the style targets (median transfer
 ratio >= 0.6, no pair below 0.3, layout fidelity within 0.1 of real tiles) are not all reached there.
