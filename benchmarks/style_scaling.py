@@ -40,7 +40,7 @@ import torch  # noqa: E402
 
 from sedm.config import load_config, load_samples  # noqa: E402
 from sedm.diffusion.train import build_model, train  # noqa: E402
-from sedm.evaluation.layout_fidelity import baseline_arm, synthetic_dice  # noqa: E402
+from sedm.evaluation.layout_fidelity import baseline_arm, load_segmenter, synthetic_dice  # noqa: E402
 from sedm.layout import results_paths  # noqa: E402
 from sedm.models.io import save_model  # noqa: E402
 from sedm.models.presets import PRESETS  # noqa: E402
@@ -79,21 +79,18 @@ def snapshot(config: dict, run_dir: Path, step: int, mpp: float, out: Path) -> P
 def layout_fidelity(config: dict, model_dir: Path, labelled: list[Path], unlabelled: list[Path],
                     segmenter: Path, n_layouts: int) -> dict:
     """The baseline segmenter's Dice on generated tiles at the synthesis patch size (their layouts as truth)."""
-    from sedm.segmentation.model import divisor, load_model, segment
-
     syn, seed = config["synthesis"], int(config["seed"])
     mcfg = dict(check_model(model_dir, config["classes"]), patch_size=int(syn["patch_size"]))
     labels, styles, _ = style_inputs(mcfg, labelled, unlabelled, seed=seed, n_layouts=n_layouts,
                                      n_encoder_patches=1, min_tissue_fraction=syn["style_min_tissue_fraction"])
     generate = Generator(model_dir, sampler=syn["sampler"], steps=syn["steps"], guidance_scale=syn["guidance_scale"],
                          guidance_rescale=syn["guidance_rescale"])
-    seg, meta = load_model(segmenter, "best", device=torch.device("cpu"))
+    segment, meta = load_segmenter(segmenter, torch.device("cpu"))
     sets = {}
     for st in styles:
         batch = np.ascontiguousarray(np.broadcast_to(st.patches[None], (len(labels), *st.patches.shape)))
         sets[st.slide_id] = list(zip(generate(labels, batch, seed=seed), labels))
-    div = divisor(meta["architecture"])
-    result = synthetic_dice(lambda im: segment(seg, im, torch.device("cpu"), div, False), sets, len(config["classes"]))
+    result = synthetic_dice(segment, sets, len(config["classes"]))
     return {"synthetic": result["macro_dice"], "real_val": meta.get("best_val_macro_dice"),
             "n_tiles": sum(len(v) for v in sets.values()), "patch_size": int(syn["patch_size"])}
 

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,18 +66,25 @@ def baseline_arm(config: Mapping[str, Any]) -> str:
     return real[0]
 
 
+def load_segmenter(model_dir: str | Path, device: Any, amp: bool = False) -> tuple[SegmentFn, dict]:
+    """The best checkpoint of a segmentation model directory as a :data:`SegmentFn`, and its metadata."""
+    from sedm.segmentation.model import divisor, load_model, segment
+
+    model, meta = load_model(model_dir, "best", device=device)
+    div = divisor(meta["architecture"])
+    return (lambda images: segment(model, images, device, div, amp)), meta
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from sedm.segmentation.data import SyntheticSet
-    from sedm.segmentation.model import divisor, load_model, segment
     from sedm.runtime.devices import resolve_device
 
     config = load_config(args.config, runtime=args.runtime)
     seg = config["segmentation"]
-    device = resolve_device(seg["device"])
     torch.set_num_threads(max(1, int(seg["threads"])))
-    model, meta = load_model(args.model, "best", device=device)
+    segment_fn, meta = load_segmenter(args.model, resolve_device(seg["device"]), bool(seg["amp"]))
     classes = list(meta["classes"])
     sets = {}
     for path in args.synthetic:
@@ -84,9 +92,7 @@ def run(args: argparse.Namespace) -> int:
         sets[s.slide_id] = s
     if not sets:
         raise InputError(None, "--synthetic", "no synthetic store given", "pass the synthesis stores")
-    div, amp = divisor(meta["architecture"]), bool(seg["amp"])
-    result = synthetic_dice(lambda images: segment(model, images, device, div, amp), sets, len(classes),
-                            int(seg["inference"]["batch_size"]))
+    result = synthetic_dice(segment_fn, sets, len(classes), int(seg["inference"]["batch_size"]))
     real = meta.get("best_val_macro_dice")
     result.update({"arm": meta.get("arm"), "model": str(args.model), "classes": classes,
                    "real_val_macro_dice": real,
