@@ -78,7 +78,9 @@ def snapshot(config: dict, run_dir: Path, step: int, mpp: float, out: Path) -> P
 
 def layout_fidelity(config: dict, model_dir: Path, labelled: list[Path], unlabelled: list[Path],
                     segmenter: Path, n_layouts: int) -> dict:
-    """The baseline segmenter's Dice on generated tiles at the synthesis patch size (their layouts as truth)."""
+    """The baseline segmenter's Dice on generated tiles at the synthesis patch size (their layouts as
+    truth), and the synthetic tiles per second. A latent model with a layout decoder is measured twice:
+    decoded by it (``synthetic``, what synthesis does) and by the plain decoder (``synthetic_plain``)."""
     syn, seed = config["synthesis"], int(config["seed"])
     mcfg = dict(check_model(model_dir, config["classes"]), patch_size=int(syn["patch_size"]))
     labels, styles, _ = style_inputs(mcfg, labelled, unlabelled, seed=seed, n_layouts=n_layouts,
@@ -86,13 +88,22 @@ def layout_fidelity(config: dict, model_dir: Path, labelled: list[Path], unlabel
     generate = Generator(model_dir, sampler=syn["sampler"], steps=syn["steps"], guidance_scale=syn["guidance_scale"],
                          guidance_rescale=syn["guidance_rescale"])
     segment, meta = load_segmenter(segmenter, torch.device("cpu"))
-    sets = {}
-    for st in styles:
-        batch = np.ascontiguousarray(np.broadcast_to(st.patches[None], (len(labels), *st.patches.shape)))
-        sets[st.slide_id] = list(zip(generate(labels, batch, seed=seed), labels))
-    result = synthetic_dice(segment, sets, len(config["classes"]))
-    return {"synthetic": result["macro_dice"], "real_val": meta.get("best_val_macro_dice"),
-            "n_tiles": sum(len(v) for v in sets.values()), "patch_size": int(syn["patch_size"])}
+    codec = generate.model.codec
+    decoders = {"synthetic": getattr(codec, "layout_decoder", None)}
+    if decoders["synthetic"] is not None:
+        decoders["synthetic_plain"] = None
+    out = {"real_val": meta.get("best_val_macro_dice"), "patch_size": int(syn["patch_size"])}
+    for name, decoder in decoders.items():
+        if hasattr(codec, "layout_decoder"):
+            codec.layout_decoder = decoder
+        sets, t0 = {}, time.perf_counter()
+        for st in styles:
+            batch = np.ascontiguousarray(np.broadcast_to(st.patches[None], (len(labels), *st.patches.shape)))
+            sets[st.slide_id] = list(zip(generate(labels, batch, seed=seed), labels))
+        n = sum(len(v) for v in sets.values())
+        out.update({name: synthetic_dice(segment, sets, len(config["classes"]))["macro_dice"], "n_tiles": n,
+                    f"{name}_tiles_per_s": round(n / (time.perf_counter() - t0), 3)})
+    return out
 
 
 def main() -> None:
@@ -102,6 +113,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[150, 300, 600, 1200])
     ap.add_argument("--widths", type=int, nargs="+", default=[1, 2], help="channel multipliers of the tiny preset")
     ap.add_argument("--lr", type=float, default=None, help="learning rate (default: the config's)")
+    ap.add_argument("--latent", default=None, help="autoencoder directory (sedm train-autoencoder --out): train in "
+                    "its latent space (default: the config's diffusion.latent unless it is cohort; then pixel space)")
     ap.add_argument("--fidelity-layouts", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="directory to keep the snapshots and measures (default: temporary)")
@@ -123,6 +136,8 @@ def main() -> None:
         root = Path(args.out) if args.out else Path(tmp_name)
         for width in args.widths:
             cfg = dict(config, diffusion=widened(config["diffusion"], width, steps, args.lr))
+            if args.latent or cfg["diffusion"]["latent"] == "cohort":
+                cfg["diffusion"]["latent"] = args.latent
             run_dir, work = root / f"w{width}" / "run", root / f"w{width}"
             t0 = time.perf_counter()
             rc = train(cfg, labelled, out=work / "model", run_dir=run_dir)
@@ -142,7 +157,10 @@ def main() -> None:
                        "transfer_min_random": style["transfer_random_init"]["min"],
                        "separability": style["separability"]["trained"],
                        "separability_random": style["separability"]["random_init"],
-                       "fidelity_synthetic": fid["synthetic"], "fidelity_real_val": fid["real_val"]}
+                       "train_cpu_s": round(sec_per_step * step, 1), "latent": bool(cfg["diffusion"]["latent"]),
+                       "fidelity_synthetic": fid["synthetic"], "fidelity_real_val": fid["real_val"],
+                       "fidelity_plain_decoder": fid.get("synthetic_plain"),
+                       "tiles_per_s": fid["synthetic_tiles_per_s"]}
                 rows.append(row)
                 print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                       flush=True)

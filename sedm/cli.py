@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo-cohort": ("sedm.demo.cohort", "generate the synthetic demo cohort (slides, GeoJSON, samples.tsv)"),
     "tile": ("sedm.tiling.command", "tile one slide into a Zarr v3 store plus a tile table"),
     "tiling-summary": ("sedm.tiling.summary", "aggregate the tile tables of all slides"),
+    "train-autoencoder": ("sedm.autoencoder.train", "train the cohort's latent autoencoder (and its layout decoder)"),
     "train-diffusion": ("sedm.diffusion.train", "train the layout+style conditioned diffusion model (STEDM)"),
     "synthesize": ("sedm.synthesis.synthesize", "generate labelled synthetic data in the style of one unlabelled slide"),
     "style-check": ("sedm.synthesis.style_check", "measure how far the diffusion model follows its style patches"),

@@ -234,6 +234,7 @@ def check_cohort(config: Mapping, samples: pd.DataFrame, config_file: str | Path
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "demo": ("classes", "demo"),
     "tiling": ("classes", "slides", "tissue", "tiling"),
+    "autoencoder": ("seed", "classes", "autoencoder"),
     "diffusion": ("seed", "classes", "diffusion"),
     "synthesis": ("seed", "classes", "synthesis"),
     "segmentation": ("seed", "classes", "segmentation"),

@@ -15,6 +15,10 @@ RESULTS: dict[str, str] = {
     "tile_table": "tiles/{slide}.tiles.parquet",  # written with the store: later rules depend on the store
     "tissue_qc": "tiles/{slide}.qc.png",
     "tiling_summary": "tiles/summary.tsv",
+    "autoencoder": "autoencoder/model",  # directory: diffusers AutoencoderKL + layout_decoder/
+    "autoencoder_run": "autoencoder/run",  # directory: checkpoints, train_log.csv
+    "autoencoder_qa": "autoencoder/qa.json",  # reconstruction PSNR/SSIM, stain OD error per slide
+    "autoencoder_montage": "autoencoder/montage.png",  # rows: originals, autoencoder, layout decoder
     "diffusion_model": "diffusion/model",  # directory: config.json + weights (EMA)
     "diffusion_run": "diffusion/run",  # directory: checkpoints, train_log.csv, sample grids
     "style_check": "synthesis/style_check.json",  # sedm style-check: transfer ratio, encoder separability

@@ -116,7 +116,7 @@ class DiffusionPatchDataset(Dataset):
                  nearby_radius: int = 256, class_weights: Mapping[str, float] | None = None,
                  unlabelled_stores: Sequence[str | Path] = (), unlabelled_fraction: float = 0.25,
                  augment: bool = True, style_jitter: StainJitter | None = None, layout_drop: float = 0.0,
-                 seed: int = 0) -> None:
+                 unlabelled_tissue: bool = False, seed: int = 0) -> None:
         if not stores:
             raise InputError(None, "--stores", "no labelled stores given", "pass at least one labelled slide store")
         if style_sampling not in STYLE_SAMPLING:
@@ -124,7 +124,10 @@ class DiffusionPatchDataset(Dataset):
                              f"use one of {STYLE_SAMPLING}")
         self.classes = list(classes)
         self.layout_drop = float(layout_drop)
-        self.n_layout = n_layout_channels(self.classes, tissue_channel=self.layout_drop > 0)
+        self.unlabelled_tissue = bool(unlabelled_tissue)
+        """Unlabelled crops mark their tissue as "tissue, class unknown" (else their layout is all
+        "unannotated", as the diffusion model's ``use_unlabelled`` samples have it)."""
+        self.n_layout = n_layout_channels(self.classes, tissue_channel=self.layout_drop > 0 or self.unlabelled_tissue)
         self.patch_size = patch_size
         self.style_patch_size = style_patch_size or patch_size
         self.n_style = n_style
@@ -283,7 +286,8 @@ class DiffusionPatchDataset(Dataset):
         p, s = self.patch_size, self.style_patch_size
         image = self._read(slide, "image", y0, x0, p, p)
         labels = np.zeros((p, p), np.uint8) if unlabelled else self._read(slide, "labels", y0, x0, p, p)
-        if self.layout_drop > 0 and not unlabelled and rng.random() < self.layout_drop:
+        if (self.unlabelled_tissue and unlabelled) or (
+                self.layout_drop > 0 and not unlabelled and rng.random() < self.layout_drop):
             tissue = self._read(slide, "tissue", y0, x0, p, p) > 0
             labels = np.where(tissue, unknown_tissue_value(self.classes), UNANNOTATED).astype(np.uint8)
         styles = [self._read(slide, "image", y, x, s, s) for y, x in self._style_origins(rng, slide, y0, x0)]
@@ -303,7 +307,8 @@ class DiffusionPatchDataset(Dataset):
         return {
             "image": torch.from_numpy(_to_float(image)),
             "layout": torch.from_numpy(one_hot(labels, self.n_layout)),
-            "style": torch.from_numpy(np.stack([_to_float(st) for st in styles])),
+            "style": torch.from_numpy(np.stack([_to_float(st) for st in styles]) if styles
+                                      else np.zeros((0, 3, s, s), np.float32)),
             "slide": slide,
             "index": int(index),
         }

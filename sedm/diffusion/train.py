@@ -48,10 +48,10 @@ from sedm.diffusion.outputs import LOG_COLUMNS, SAMPLES_DIR, TRAIN_LOG
 from sedm.diffusion.pipeline import StedmPipeline
 from sedm.diffusion.schedulers import train_scheduler
 from sedm.errors import InputError
-from sedm.models.codec import PixelCodec, load_latent_codec
+from sedm.models.codec import LatentCodec, PixelCodec, load_latent_codec
 from sedm.models.io import save_model
 from sedm.models.presets import model_config
-from sedm.models.stedm import StedmModel, count_parameters
+from sedm.models.stedm import StedmConfig, StedmModel, count_parameters
 from sedm.models.style_encoder import load_encoder_weights
 from sedm.runtime.checkpoints import CheckpointStore
 from sedm.runtime.csvlog import CsvLog
@@ -68,6 +68,9 @@ from sedm.tiling.table import tile_table_path
 
 log = logging.getLogger(__name__)
 
+COHORT = "cohort"
+"""``diffusion.latent`` value: the latent space of the autoencoder trained on this cohort (sedm.autoencoder)."""
+
 PREVIEW_INDEX = 2**61
 """Sample indices of the fixed preview batch (far from any training step's indices)."""
 EMA_WARMUP_POWER = 0.75
@@ -80,6 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stores", nargs="+", required=True, help="Zarr stores of the labelled slides")
     parser.add_argument("--unlabelled-stores", nargs="*", default=[],
                         help="stores of unlabelled slides, used when diffusion.use_unlabelled is true")
+    parser.add_argument("--autoencoder", default=None,
+                        help="the cohort autoencoder's directory (sedm train-autoencoder), when diffusion.latent is cohort")
     parser.add_argument("--out", required=True, help="model directory to write (config.json + weights)")
     parser.add_argument("--run-dir", required=True, help="checkpoints, train_log.csv and preview grids")
     parser.add_argument("--resume", choices=("auto", "never"), default="auto",
@@ -105,8 +110,22 @@ def run(args: argparse.Namespace) -> int:
     if unlabelled and not config["diffusion"]["use_unlabelled"]:
         log.warning("ignoring %d --unlabelled-stores: diffusion.use_unlabelled is false", len(unlabelled))
         unlabelled = []
+    config["diffusion"]["latent"] = latent_path(config["diffusion"]["latent"], args.autoencoder, args.config)
     return train(config, args.stores, unlabelled, out=args.out, run_dir=args.run_dir,
                  resume=args.resume == "auto", stop_at=args.stop_at)
+
+
+def latent_path(latent: str | None, autoencoder: str | None, config_file: str | None) -> str | None:
+    """The autoencoder directory ``diffusion.latent`` names: ``cohort`` = the one ``--autoencoder`` gives."""
+    if latent != COHORT:
+        if autoencoder:
+            log.warning("ignoring --autoencoder %s: diffusion.latent is %r", autoencoder, latent)
+        return latent
+    if not autoencoder:
+        raise InputError(config_file, "diffusion.latent", "is cohort, but no --autoencoder directory was given",
+                         "run `sedm train-autoencoder` first and pass its --out as --autoencoder (the workflow "
+                         "does), or set diffusion.latent to an autoencoder directory or null")
+    return autoencoder
 
 
 # ---------------------------------------------------------------------------------------- pieces
@@ -185,6 +204,8 @@ def run_fingerprint(config: Mapping[str, Any], stores: Sequence[str | Path],
     files = []
     for store in [*stores, *unlabelled]:
         files += [Path(store) / "zarr.json", tile_table_path(store)]
+    if config["diffusion"]["latent"]:  # another autoencoder is another latent space: never resume across it
+        files += sorted(p for p in Path(config["diffusion"]["latent"]).rglob("*") if p.is_file())
     return fingerprint(semantic, files)
 
 
@@ -203,12 +224,24 @@ def build_dataset(config: Mapping[str, Any], stores: Sequence[str | Path], unlab
         layout_drop=s["layout_drop"], seed=config["seed"])
 
 
-def build_model(config: Mapping[str, Any], mpp: float | None) -> StedmModel:
+def build_codec(config: Mapping[str, Any]) -> PixelCodec | LatentCodec:
+    latent = config["diffusion"]["latent"]
+    return load_latent_codec(latent) if latent else PixelCodec()
+
+
+def codec_config(config: Mapping[str, Any], codec: PixelCodec | LatentCodec, mpp: float | None = None) -> StedmConfig:
+    """The model config of the diffusion section in the codec's space (pixel or latent)."""
+    return model_config(config["diffusion"], config["classes"], latent_factor=codec.factor,
+                        latent_channels=codec.channels, latent_scaling_factor=codec.scaling_factor,
+                        latent_shift_factor=codec.shift_factor, mpp=mpp)
+
+
+def build_model(config: Mapping[str, Any], mpp: float | None,
+                codec: PixelCodec | LatentCodec | None = None) -> StedmModel:
     """Model (random init, or the encoder from ``style_encoder_weights``) with its codec attached."""
     s = config["diffusion"]
-    codec = load_latent_codec(s["latent"]) if s["latent"] else PixelCodec()
-    mcfg = model_config(s, config["classes"], latent_factor=codec.factor, latent_channels=codec.channels,
-                        latent_scaling_factor=codec.scaling_factor, latent_shift_factor=codec.shift_factor, mpp=mpp)
+    codec = codec or build_codec(config)
+    mcfg = codec_config(config, codec, mpp)
     torch.manual_seed(config["seed"])
     model = StedmModel(mcfg)
     if s["style_encoder_weights"]:
@@ -237,10 +270,11 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
     sampler0 = StepSampler(0, 0, batch, info.rank, info.world)  # validates batch vs world size early
 
     # -- build everything (all input checks happen here, before any compute) --------------------------
-    probe_cfg = model_config(s, config["classes"])
+    codec = build_codec(config)
+    probe_cfg = codec_config(config, codec)
     dataset = build_dataset(config, stores, unlabelled, probe_cfg.patch_size, probe_cfg.style_patch_size,
                             probe_cfg.n_style)
-    model = build_model(config, dataset.mpp)
+    model = build_model(config, dataset.mpp, codec)
     cfg = model.config
     # on the device before the optimizer exists: a resumed optimizer state follows its parameters' device
     model.to(device)

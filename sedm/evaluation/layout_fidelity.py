@@ -48,6 +48,56 @@ def synthetic_dice(segment: SegmentFn, sets: Mapping[str, Any], n_classes: int, 
     return {"macro_dice": _finite(macro(dice)), "dice_per_class": [_finite(d) for d in dice], "per_slide": per_set}
 
 
+def reconstruction_dice(segment: SegmentFn, autoencoder: str | Path, stores: list[str | Path], slides: list[str],
+                        classes: list[str], max_tiles: int, batch_size: int = 16) -> dict:
+    """The segmenter's macro Dice on the most annotated tiles of ``slides`` (its validation slides), as they are
+    and as the latent autoencoder reconstructs them (plain decoder; the layout decoder given the tile's
+    own labels): the ceiling a latent diffusion model can reach with that autoencoder."""
+    import torch
+
+    from sedm.labels import n_layout_channels, one_hot
+    from sedm.models.codec import load_latent_codec
+    from sedm.tiling.store import SlideStore
+    from sedm.tiling.table import fraction_columns
+
+    codec = load_latent_codec(autoencoder)
+    tiles = []
+    for path in stores:
+        store = SlideStore(path)
+        if store.slide_id not in slides:
+            continue
+        table = store.tiles()
+        table = table.assign(_annotated=table[fraction_columns(classes)[1:]].sum(1))
+        annotated = table[table["_annotated"] > 0].sort_values("_annotated", ascending=False, kind="stable")
+        t = store.tile_size
+        for _, row in annotated.head(max_tiles - len(tiles)).iterrows():
+            y, x = int(row["y"]), int(row["x"])
+            image, labels = store.read_image(y, x, t, t), store.read_labels(y, x, t, t)
+            if image.shape[:2] == (t, t):
+                tiles.append((image, labels))
+    if not tiles:
+        raise InputError(None, "--autoencoder-slides", f"no whole annotated tile in {slides}",
+                         "pass the segmenter's validation slides' stores")
+    n_layout = n_layout_channels(classes, tissue_channel=True)
+    variants: dict[str, list] = {"original": [], "autoencoder": [], "layout_decoder": []}
+    with torch.no_grad():
+        for start in range(0, len(tiles), batch_size):
+            images, labels = (np.stack(v) for v in zip(*tiles[start:start + batch_size]))
+            x = torch.from_numpy(images).movedim(-1, 1).float() / 127.5 - 1
+            latents = codec.encode(x)
+            layout = torch.from_numpy(np.stack([one_hot(lab, n_layout) for lab in labels]))
+            decoded = {"autoencoder": codec.decode(latents)}
+            if codec.layout_decoder is not None:
+                decoded["layout_decoder"] = codec.decode(latents, layout)
+            variants["original"] += list(zip(images, labels))
+            for name, out in decoded.items():
+                u8 = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).movedim(1, -1).numpy()
+                variants[name] += list(zip(u8, labels))
+    scores = {name: synthetic_dice(segment, {"all": data}, len(classes), batch_size)["macro_dice"]
+              for name, data in variants.items() if data}
+    return {"tiles": len(tiles), "slides": sorted(slides), "macro_dice": scores}
+
+
 def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
@@ -98,6 +148,11 @@ def run(args: argparse.Namespace) -> int:
                    "real_val_macro_dice": real,
                    "gap": None if real is None or result["macro_dice"] is None else real - result["macro_dice"],
                    "n_synthetic": {k: len(v) for k, v in sets.items()}})
+    if args.autoencoder:
+        val_slides = list(meta.get("split", {}).get("val_slides") or [])
+        result["autoencoder"] = reconstruction_dice(segment_fn, args.autoencoder, args.stores or [], val_slides,
+                                                    classes, int(seg["val_tiles"]), int(seg["inference"]["batch_size"]))
+        log.info("autoencoder ceiling: %s", result["autoencoder"]["macro_dice"])
     write_text(args.out, json.dumps(result, indent=2) + "\n")
     log.info("layout fidelity: %s's macro Dice %s on synthetic tiles vs %s on real validation tiles",
              result["arm"], result["macro_dice"], real)
@@ -109,3 +164,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="segmentation model directory of an arm trained on real tiles")
     parser.add_argument("--synthetic", nargs="+", required=True, help="synthesis stores to score")
     parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--autoencoder", default=None, help="latent autoencoder directory: also score its "
+                        "reconstructions of the segmenter's validation tiles (the ceiling of latent synthesis)")
+    parser.add_argument("--stores", nargs="*", default=[], help="labelled stores (the validation slides' tiles)")

@@ -20,6 +20,14 @@ from sedm.config import validate_config
 from sedm.errors import InputError
 from sedm.models.stedm import StedmConfig
 
+LATENT_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(patch_size=128, style_patch_size=64),
+    "paper": dict(patch_size=512, style_patch_size=256),
+}
+"""What changes in latent space (an f4 autoencoder): content patches 4x wider in pixels for the same UNet
+grid (tiny 32x32, paper 128x128 latents, as STEDM's 512 px -> 128x128), so the UNet sees more context at
+the same cost; style patches stay at the pixel preset's cost."""
+
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(patch_size=64, block_out_channels=[32, 64, 64], layers_per_block=1,
                  attention_levels=[False, False, True], attention_head_dim=32, norm_num_groups=8,
@@ -46,6 +54,8 @@ def model_config(diffusion: dict[str, Any], classes: list[str], *, latent_factor
     if preset not in PRESETS:
         raise InputError(None, "diffusion.preset", f"unknown preset {preset!r}", f"use one of {sorted(PRESETS)}")
     values = dict(PRESETS[preset])
+    if latent_factor > 1:
+        values.update(LATENT_PRESETS[preset])
     for key in OVERRIDABLE:
         if diffusion.get(key) is not None:
             values[key] = diffusion[key]

@@ -82,6 +82,7 @@ def build_report(config: dict, samples: pd.DataFrame, results: str | Path, *, ti
         "results": str(results),
         "cohort": stages.cohort_section(samples, layout),
         "tiling": stages.tiling_section(samples, layout, figures),
+        "autoencoder": stages.autoencoder_section(layout, figures),
         "diffusion": stages.diffusion_section(layout, figures),
         "style_transfer": stages.style_transfer_section(layout, figures),
         "synthesis": stages.synthesis_section(samples, layout, figures),

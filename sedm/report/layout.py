@@ -33,6 +33,14 @@ class ResultsLayout:
         return self._p("tiling_summary")
 
     @property
+    def autoencoder_qa(self) -> Path:
+        return self._p("autoencoder_qa")
+
+    @property
+    def autoencoder_montage(self) -> Path:
+        return self._p("autoencoder_montage")
+
+    @property
     def diffusion_model(self) -> Path:
         return self._p("diffusion_model")
 

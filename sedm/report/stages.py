@@ -107,6 +107,33 @@ def diffusion_section(layout: ResultsLayout, figures: list[Figure]) -> dict:
     return out
 
 
+def autoencoder_section(layout: ResultsLayout, figures: list[Figure]) -> dict:
+    """The cohort autoencoder's reconstruction and colour fidelity (``qa.json``), its montage, and the
+    segmenter's Dice on its reconstructions (``layout_fidelity.json``): the ceiling of latent synthesis."""
+    qa = read_json(layout.autoencoder_qa)
+    if qa is None:
+        return not_run([layout.autoencoder_qa])
+    rows = []
+    for name in ("autoencoder", "layout_decoder"):
+        block = qa.get(name)
+        if block:
+            err, spread = block["od_error_abs"], block["slide_od_spread"]
+            rows.append([name.replace("_", " "), fmt(block["psnr"], 1), fmt(block["ssim"]),
+                         *(f"{fmt(err[c], 3)} ({fmt(spread[c], 3)})" for c in ("H", "E", "D"))])
+    table = Table(["decoder", "PSNR (dB)", "SSIM", "|OD error| H (slide spread)", "E", "D"], rows,
+                  [False, True, True, True, True, True])
+    out: dict[str, Any] = {"ran": True, "table": table, "crops": qa.get("crops"), "montage": None, "ceiling": None}
+    png = png_bytes(layout.autoencoder_montage)
+    if png is not None:
+        out["montage"] = Figure("autoencoder", "montage", png, "Rows: original crops, autoencoder, layout decoder")
+        figures.append(out["montage"])
+    ceiling = (read_json(layout.layout_fidelity) or {}).get("autoencoder")
+    if ceiling:
+        out["ceiling"] = {f"{k.replace('_', ' ')}": fmt(v) for k, v in ceiling["macro_dice"].items()}
+        out["ceiling_tiles"] = ceiling["tiles"]
+    return out
+
+
 def segmentation_section(layout: ResultsLayout, figures: list[Figure]) -> dict:
     """Training curves of every segmentation arm, overlaid, to check that each arm converged."""
     logs = {}

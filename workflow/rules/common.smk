@@ -123,8 +123,10 @@ def report_inputs(wildcards):
         "styles": paths.style_table,
     }
     if synthesis_runs():
-        # the diffusion model is trained only when an arm uses synthetic data
+        # the diffusion model (and the cohort autoencoder) is trained only when an arm uses synthetic data
         inputs["diffusion_model"] = paths.diffusion_model
+        if config["diffusion"]["latent"] == "cohort":
+            inputs["autoencoder_qa"] = paths.autoencoder_qa
         if len(UNLABELLED) > 1:
             inputs["style_check"] = paths.style_check
         inputs["layout_fidelity"] = paths.layout_fidelity

@@ -13,10 +13,12 @@ rule train_diffusion:
         stores=expand(paths.store, slide=LABELLED),
         unlabelled=expand(paths.store, slide=UNLABELLED) if DIFFUSION["use_unlabelled"] else [],
         config=stage_cfg("diffusion"),
+        autoencoder=[paths.autoencoder] if DIFFUSION["latent"] == "cohort" else [],
     output:
         directory(paths.diffusion_model),
     params:
         run_dir=paths.diffusion_run,
+        autoencoder=lambda w, input: ["--autoencoder", *input.autoencoder] if input.autoencoder else [],
         unlabelled=lambda w, input: ["--unlabelled-stores", *input.unlabelled] if input.unlabelled else [],
     threads: DIFFUSION["threads"]
     resources:
@@ -33,5 +35,5 @@ rule train_diffusion:
     shell:
         # --gpus > 1 (diffusion.gpus or a profile's set-resources): one DDP process per GPU via torchrun
         "sedm train-diffusion --config {input.config:q} --runtime {resources.sedm_runtime:q} --stores {input.stores:q}"
-        " {params.unlabelled:q} --out {output:q} --run-dir {params.run_dir:q} --resume auto"
+        " {params.unlabelled:q} {params.autoencoder:q} --out {output:q} --run-dir {params.run_dir:q} --resume auto"
         " --threads {threads} --gpus {resources.gpu} --log {log:q}"

@@ -33,8 +33,14 @@ rule layout_fidelity:
         model=lambda w: paths.seg_model.format(arm=baseline_arm(config)),
         synthetic=expand(paths.synthetic, slide=UNLABELLED),
         config=stage_cfg("segmentation"),
+        autoencoder=[paths.autoencoder] if config["diffusion"]["latent"] == "cohort" else [],
     output:
         paths.layout_fidelity,
+    params:
+        # the ceiling of latent synthesis: the segmenter on the autoencoder's reconstructions of its
+        # validation tiles (labelled stores: upstream of the segmenter already)
+        autoencoder=lambda w, input: ["--autoencoder", *input.autoencoder, "--stores", *expand(paths.store,
+                                      slide=LABELLED)] if input.autoencoder else [],
     threads: config["segmentation"]["threads"]
     resources:
         mem_mb=lambda w, attempt: config["segmentation"]["mem_mb"] * attempt,
@@ -47,4 +53,4 @@ rule layout_fidelity:
         ENV
     shell:
         "sedm layout-fidelity --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q}"
-        " --synthetic {input.synthetic:q} --out {output:q} --log {log:q}"
+        " --synthetic {input.synthetic:q} {params.autoencoder:q} --out {output:q} --log {log:q}"

@@ -1,0 +1,1 @@
+"""The cohort's own latent autoencoder (``sedm train-autoencoder``): see :mod:`sedm.autoencoder.model`."""

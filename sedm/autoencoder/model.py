@@ -1,0 +1,128 @@
+"""The cohort autoencoder: a diffusers ``AutoencoderKL`` plus an optional decoder that also reads the layout.
+
+Why a cohort's own autoencoder: latent diffusion (STEDM ran its UNet on a frozen 4x autoencoder)
+needs one that reproduces H&E texture and stain, and a hospital cluster that cannot reach a model hub
+cannot download one. A small KL autoencoder (4x downsampling, four latent channels, no self-attention,
+whose cost at a 32x32 latent grid would dominate on a CPU) trains on the cohort's own tiles in minutes.
+
+Why a layout decoder (:class:`LayoutDecoder`): the diffusion model samples latents that carry stain
+and coarse structure long before they carry nuclei and fibres. A second decoder that sees the label
+layout beside the latents (at the latent grid and again at full resolution) learns, from the
+labelled tiles, what each class looks like at the pixel level, so class texture is rendered by a
+network that trains in minutes instead of being learned by the diffusion model. It is trained on
+latents with added noise (``latent_noise``) so that it renders from the imperfect latents a sampler
+returns, not only from the encoder's. The plain decoder stays: the ``AutoencoderKL`` directory is a
+standard diffusers model (any diffusers code opens it), and the layout decoder is an addition in its
+own subfolder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from diffusers.models.autoencoders.vae import Decoder
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+_CONFIG, _WEIGHTS = "config.json", "model.safetensors"
+
+
+def build_autoencoder(block_out_channels: Sequence[int], latent_channels: int, layers_per_block: int,
+                      norm_num_groups: int, sample_size: int) -> AutoencoderKL:
+    """A KL autoencoder downsampling by 2^(levels-1), with no mid-block self-attention (on a CPU it
+    would dominate the cost at a 32x32 latent grid; texture is local). ``scaling_factor`` is set
+    after training from the latents' measured spread."""
+    n = len(block_out_channels)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
+                         up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(block_out_channels),
+                         layers_per_block=layers_per_block, latent_channels=latent_channels,
+                         norm_num_groups=norm_num_groups, sample_size=sample_size, scaling_factor=1.0,
+                         mid_block_add_attention=False)
+
+
+@dataclass
+class LayoutDecoderConfig:
+    latent_channels: int
+    n_layout: int
+    """Layout channels: every class, "unannotated" and "tissue, class unknown" (``sedm.labels``)."""
+    block_out_channels: list[int]
+    layers_per_block: int
+    norm_num_groups: int
+    head_channels: int
+
+
+class LayoutDecoder(nn.Module):
+    """Latents (unscaled, as the encoder gives them) + one-hot layout -> image in [-1, 1]."""
+
+    def __init__(self, config: LayoutDecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        n = len(c.block_out_channels)
+        self.decoder = Decoder(in_channels=c.latent_channels + c.n_layout, out_channels=c.head_channels,
+                               up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(c.block_out_channels),
+                               layers_per_block=c.layers_per_block, norm_num_groups=c.norm_num_groups,
+                               mid_block_add_attention=False)
+        self.head = nn.Sequential(nn.SiLU(), nn.Conv2d(c.head_channels + c.n_layout, c.head_channels, 3, padding=1),
+                                  nn.SiLU(), nn.Conv2d(c.head_channels, 3, 3, padding=1))
+
+    def forward(self, latents: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
+        layout = fit_layout(layout, self.config.n_layout).to(latents.dtype)
+        coarse = F.interpolate(layout, size=latents.shape[-2:], mode="area")
+        h = self.decoder(torch.cat([latents, coarse], 1))
+        return self.head(torch.cat([h, layout], 1))
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / _CONFIG).write_text(json.dumps(asdict(self.config), indent=2, sort_keys=True) + "\n")
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(folder / _WEIGHTS))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "LayoutDecoder":
+        folder = Path(folder)
+        model = cls(LayoutDecoderConfig(**json.loads((folder / _CONFIG).read_text())))
+        model.load_state_dict(load_file(str(folder / _WEIGHTS)))
+        return model.eval().requires_grad_(False)
+
+
+def fit_layout(layout: torch.Tensor, n_layout: int) -> torch.Tensor:
+    """Pad a one-hot layout without the "tissue, class unknown" channel (a model trained without
+    layout dropout) to ``n_layout`` channels; the layout decoder always has that channel."""
+    missing = n_layout - layout.shape[1]
+    if missing < 0:
+        raise ValueError(f"layout has {layout.shape[1]} channels, the layout decoder reads {n_layout}")
+    return F.pad(layout, (0, 0, 0, 0, 0, missing)) if missing else layout
+
+
+def layout_decoder_config(section: Mapping[str, Any], n_layout: int) -> LayoutDecoderConfig:
+    return LayoutDecoderConfig(latent_channels=int(section["latent_channels"]), n_layout=n_layout,
+                               block_out_channels=list(section["block_out_channels"]),
+                               layers_per_block=int(section["layers_per_block"]),
+                               norm_num_groups=int(section["norm_num_groups"]),
+                               head_channels=int(section["block_out_channels"][0]))
+
+
+def kl_divergence(posterior: Any) -> torch.Tensor:
+    """Mean KL of the diagonal Gaussian posterior to N(0, 1), per latent value."""
+    mean, logvar = posterior.mean, posterior.logvar
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+
+
+def image_gradient_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L1 between the horizontal and vertical finite differences of two images: a plain L1 loss is
+    content with blurred edges; this term is not, so nuclei and fibre borders stay sharp."""
+    dy = (a[..., 1:, :] - a[..., :-1, :]) - (b[..., 1:, :] - b[..., :-1, :])
+    dx = (a[..., :, 1:] - a[..., :, :-1]) - (b[..., :, 1:] - b[..., :, :-1])
+    return dy.abs().mean() + dx.abs().mean()
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
