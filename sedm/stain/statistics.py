@@ -9,7 +9,9 @@ numpy one (tested); both take tissue from :data:`TISSUE_MAX` and optical density
 
 torch is imported inside :func:`od_moments_torch` only: the whole-slide statistics (``sedm style-stats``),
 the style table, evaluation and the report import this module and use no tensor, and ``import torch``
-costs seconds of start-up per job (``tests/test_startup.py`` keeps their imports free of it).
+costs seconds of start-up per job (``tests/test_startup.py`` keeps their imports free of it). Likewise
+skimage (with the parts of scipy it loads) inside :func:`tissue_hed`: the style table, evaluation and the
+report never convert a pixel.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from skimage.color import rgb2hed
 
 if TYPE_CHECKING:
     import torch
@@ -61,6 +62,8 @@ def tissue_hed(img: np.ndarray, tissue: np.ndarray | None = None) -> np.ndarray:
     (H, W, 3) uint8 image, row-major. ``tissue`` (H, W) bool narrows them further (a store's tissue
     mask, say); the pixel rule of :func:`tissue_pixels` always applies, so glass inside a mask region
     never counts. Every HED statistic of sedm goes through here."""
+    from skimage.color import rgb2hed  # here, not at the top: see the module docstring
+
     mask = tissue_pixels(img)
     if tissue is not None:
         mask &= tissue
