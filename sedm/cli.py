@@ -39,6 +39,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("sedm.profile", "install the Snakemake profile for a SLURM cluster (or one machine) as a user profile"),
 }
 
+TENSOR_FREE: frozenset[str] = frozenset({
+    "validate", "write-config", "demo-cohort", "tile", "tiling-summary", "style-stats", "style-table", "evaluate",
+    "report", "profile"})
+"""Commands whose work uses no tensor. Their modules must not import torch or diffusers, not even through
+a shared helper: ``import torch`` alone costs seconds, and several of these run once per slide
+(``tests/test_startup.py`` checks the imports, ``benchmarks/startup.py`` times the start-up)."""
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sedm", description=__doc__.splitlines()[0])

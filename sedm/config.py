@@ -2,6 +2,9 @@
 
 Snakemake (``workflow/rules/common.smk``) and the CLI both go through here, so a bad config gets
 the same message whether or not Snakemake is used: the file, the key path, the problem and the fix.
+
+pandas is imported by the functions that read a sample sheet, not here: ``sedm write-config`` (one job
+per stage) reads only the config, and ``import pandas`` costs more than the rest of its start-up.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ import json
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
-import pandas as pd
 import yaml
 
 from sedm.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SAMPLE_COLUMNS = ("slide_id", "patient_id", "slide_path", "annotation_path", "role")
@@ -136,6 +141,8 @@ def _rows_to_check(df: pd.DataFrame, schema: Mapping) -> list[int]:
     """
     if set(schema) - _PER_COLUMN_KEYS:  # cross-column rules: check every row
         return list(range(len(df)))
+    import pandas as pd
+
     bad = pd.Series(False, index=df.index)
     for column, sub in schema.get("properties", {}).items():
         if column in df.columns:
@@ -150,6 +157,8 @@ def load_samples(path: str | Path) -> pd.DataFrame:
     Checks every row against ``samples.schema.yaml`` and that slide IDs are unique. File existence
     is checked by the stage that opens the file (demo slides do not exist before the demo rule).
     """
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise InputError(path, None, "sample sheet does not exist",

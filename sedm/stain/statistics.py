@@ -5,16 +5,24 @@ optical density ``OD = -log(I / I0)`` additive in the dyes, so distances between
 stains where RGB distances would mix stain with brightness. Statistics are taken over *tissue*
 pixels only (darkest channel below :data:`TISSUE_MAX`, STEDM's tissue rule), so glass in a patch does
 not dilute the stain. The torch twin of the moments feeds the style encoder and must agree with the
-numpy one (tested).
+numpy one (tested); both take tissue from :data:`TISSUE_MAX` and optical density from :func:`od_of_levels`.
+
+torch is imported inside :func:`od_moments_torch` only: the whole-slide statistics (``sedm style-stats``),
+the style table, evaluation and the report import this module and use no tensor, and ``import torch``
+costs seconds of start-up per job (``tests/test_startup.py`` keeps their imports free of it). Likewise
+skimage (with the parts of scipy it loads) inside :func:`tissue_hed`: the style table, evaluation and the
+report never convert a pixel.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from skimage.color import rgb2hed
+
+if TYPE_CHECKING:
+    import torch
 
 TISSUE_MAX = 230
 """A pixel is tissue when its darkest channel is below this (8-bit grey level)."""
@@ -33,9 +41,15 @@ def darkest(rgb: np.ndarray) -> np.ndarray:
     return np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
 
 
+def od_of_levels(levels, log=np.log):
+    """Optical density ``-log((I + 1) / 256)`` of 8-bit grey levels ``I`` held as floats: a numpy array
+    with ``np.log``, a tensor with ``torch.log``. The +1 keeps black finite and white at OD 0."""
+    return -log((levels + 1.0) / 256.0)
+
+
 def rgb_to_od(rgb: np.ndarray) -> np.ndarray:
-    """uint8 RGB -> optical density (float32); the +1 keeps black finite and white at OD 0."""
-    return -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
+    """uint8 RGB -> optical density (float32, :func:`od_of_levels`)."""
+    return od_of_levels(rgb.astype(np.float32))
 
 
 def od_to_rgb(od: np.ndarray) -> np.ndarray:
@@ -48,6 +62,8 @@ def tissue_hed(img: np.ndarray, tissue: np.ndarray | None = None) -> np.ndarray:
     (H, W, 3) uint8 image, row-major. ``tissue`` (H, W) bool narrows them further (a store's tissue
     mask, say); the pixel rule of :func:`tissue_pixels` always applies, so glass inside a mask region
     never counts. Every HED statistic of sedm goes through here."""
+    from skimage.color import rgb2hed  # here, not at the top: see the module docstring
+
     mask = tissue_pixels(img)
     if tissue is not None:
         mask &= tissue
@@ -69,9 +85,11 @@ def mean_tissue_od(images: np.ndarray) -> np.ndarray | None:
 def od_moments_torch(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) float in [-1, 1] -> (B, 6): mean and std of the RGB optical density over tissue
     pixels (all pixels of a patch without tissue). Parameter-free; no gradient flows into images."""
+    import torch  # here, not at the top: see the module docstring
+
     with torch.no_grad():
         rgb = torch.round((images.float().clamp(-1, 1) + 1) * 127.5)
-        od = -torch.log((rgb + 1.0) / 256.0).flatten(2)  # (B, 3, HW)
+        od = od_of_levels(rgb, torch.log).flatten(2)  # (B, 3, HW)
         tissue = (rgb.amin(dim=1) < TISSUE_MAX).flatten(1).float()  # (B, HW)
         weight = torch.where(tissue.sum(1, keepdim=True) > 0, tissue, torch.ones_like(tissue))
         weight = (weight / weight.sum(1, keepdim=True))[:, None]

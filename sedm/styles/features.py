@@ -10,6 +10,9 @@ Sharpness is the variance of the Laplacian of the luminance (``skimage.color.rgb
 pixels, the usual focus measure of whole-slide QC: blur lowers it. It is taken inside each tile (the
 store's chunk) and leaves out every tile's one-pixel rim, whose neighbours lie in another tile; a
 block never needs its neighbours, so no overlap between dask chunks is read.
+
+scipy.ndimage and skimage are imported by :func:`image_sums` only: the style table, evaluation and the
+report import this module for :data:`FEATURES` and :func:`features`, and never see a pixel.
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
-from skimage.color import rgb2gray
 
 from sedm.stain.statistics import HED_CHANNELS, darkest, tissue_hed, tissue_pixels
 
@@ -48,6 +49,9 @@ def image_sums(rgb: np.ndarray, tissue: np.ndarray | None = None) -> np.ndarray:
 
     ``tissue`` (H, W) narrows the tissue pixels (a store's mask; :func:`tissue_hed`).
     """
+    from scipy import ndimage  # here, not at the top: see the module docstring
+    from skimage.color import rgb2gray
+
     out = np.zeros(N_SUMS)
     mask = tissue_pixels(rgb)
     if tissue is not None:

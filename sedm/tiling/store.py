@@ -20,6 +20,10 @@ whole tile rows instead (:func:`tissue_shard_rows`). A shard is written by exact
 unwritten chunks (and shards) read as the fill value (white glass, unannotated, no tissue).
 
 Next to the store, ``<slide>.tiles.parquet`` lists the written tiles (see :data:`TILE_COLUMNS`).
+
+pandas (and the tile table's module, which needs it and pyarrow) is imported by :meth:`SlideStore.tiles`
+only: ``sedm style-stats``, a job per slide, reads pixels and never the table, and these imports cost
+more than the rest of its start-up.
 """
 
 from __future__ import annotations
@@ -29,17 +33,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from sedm import __version__, ome
 from sedm.errors import InputError
 from sedm.labels import class_values
-from sedm.tiling.table import tile_table_path
 
 if TYPE_CHECKING:
     import dask.array as da
+    import pandas as pd
 
 IMAGE_FILL = 255  # glass
 SHARD_TILES = 128
@@ -223,6 +226,10 @@ class SlideStore:
 
     def tiles(self) -> pd.DataFrame:
         """The tile table written next to the store."""
+        import pandas as pd  # here, not at the top: see the module docstring
+
+        from sedm.tiling.table import tile_table_path
+
         path = tile_table_path(self.path)
         if not path.is_file():
             raise InputError(path, None, f"the tile table of {self.path.name} is missing (it lists the tiles to read)",
