@@ -1,6 +1,7 @@
-"""How the style measures grow with diffusion training steps and model width.
+"""How the style measures grow with diffusion training steps, model width and design (pixel or latent).
 
     python benchmarks/style_scaling.py --results results [--steps 150 300 600 1200] [--widths 1 2] [--lr 0.001]
+        [--latent pixel results/autoencoder/model]
 
 The demo trains the ``tiny`` preset for a few hundred CPU steps; the style targets (median transfer
 ratio >= 0.6, no pair below 0.3, layout fidelity within 0.1 of real tiles) are not all reached there.
@@ -8,7 +9,9 @@ This benchmark shows the trend that says what would reach them. On a finished ru
 (``--results``: the labelled slides train, the unlabelled ones are the unseen styles) and its
 baseline segmenter, for each width (channel multiplier of the ``tiny`` UNet and style encoder) it
 trains one run with a constant learning rate after warm-up, snapshots the EMA weights at each of
-``--steps``, and measures every snapshot exactly as the pipeline does:
+``--steps``, and measures every snapshot exactly as the pipeline does; ``--latent`` lists the designs
+compared in the same run (pixel space, or the latent space of an autoencoder directory, whose layout
+decoder, if it has one, is measured beside its plain decoder):
 
 * ``sedm.synthesis.style_check.measure``: transfer ratio (median, worst pair) and separability;
 * layout fidelity: the baseline segmenter's macro Dice on tiles generated at the synthesis patch
@@ -113,8 +116,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[150, 300, 600, 1200])
     ap.add_argument("--widths", type=int, nargs="+", default=[1, 2], help="channel multipliers of the tiny preset")
     ap.add_argument("--lr", type=float, default=None, help="learning rate (default: the config's)")
-    ap.add_argument("--latent", default=None, help="autoencoder directory (sedm train-autoencoder --out): train in "
-                    "its latent space (default: the config's diffusion.latent unless it is cohort; then pixel space)")
+    ap.add_argument("--latent", nargs="+", default=["pixel"], metavar="DESIGN",
+                    help="one run per design: pixel (pixel space) or an autoencoder directory (sedm train-autoencoder "
+                         "--out) to train in its latent space; several compare the designs in one run")
     ap.add_argument("--fidelity-layouts", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="directory to keep the snapshots and measures (default: temporary)")
@@ -134,11 +138,11 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         root = Path(args.out) if args.out else Path(tmp_name)
-        for width in args.widths:
+        for design, width in [(d, w) for d in args.latent for w in args.widths]:
             cfg = dict(config, diffusion=widened(config["diffusion"], width, steps, args.lr))
-            if args.latent or cfg["diffusion"]["latent"] == "cohort":
-                cfg["diffusion"]["latent"] = args.latent
-            run_dir, work = root / f"w{width}" / "run", root / f"w{width}"
+            cfg["diffusion"]["latent"] = None if design == "pixel" else design
+            name = f"w{width}" if design == "pixel" else f"{Path(design).name}-w{width}"
+            run_dir, work = root / name / "run", root / name
             t0 = time.perf_counter()
             rc = train(cfg, labelled, out=work / "model", run_dir=run_dir)
             if rc != 0:
@@ -150,14 +154,15 @@ def main() -> None:
                 style = measure(cfg, model_dir, labelled, unlabelled, work / f"step-{step}.style.json",
                                 work / f"step-{step}.grid.png")
                 fid = layout_fidelity(cfg, model_dir, labelled, unlabelled, segmenter, args.fidelity_layouts)
-                row = {"width": width, "params_m": round(params / 1e6, 2), "step": step, "lr": cfg["diffusion"]["lr"],
+                row = {"design": "pixel" if design == "pixel" else "latent", "width": width,
+                       "params_m": round(params / 1e6, 2), "step": step, "lr": cfg["diffusion"]["lr"],
                        "sec_per_step": round(sec_per_step, 3),
                        "transfer_median": style["transfer"]["median"], "transfer_min": style["transfer"]["min"],
                        "transfer_median_random": style["transfer_random_init"]["median"],
                        "transfer_min_random": style["transfer_random_init"]["min"],
                        "separability": style["separability"]["trained"],
                        "separability_random": style["separability"]["random_init"],
-                       "train_cpu_s": round(sec_per_step * step, 1), "latent": bool(cfg["diffusion"]["latent"]),
+                       "train_cpu_s": round(sec_per_step * step, 1),
                        "fidelity_synthetic": fid["synthetic"], "fidelity_real_val": fid["real_val"],
                        "fidelity_plain_decoder": fid.get("synthetic_plain"),
                        "tiles_per_s": fid["synthetic_tiles_per_s"]}

@@ -23,7 +23,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sedm.tiling",),  # slide -> store: the store every later stage reads
     ("sedm.models", "sedm.evaluation.metrics"),  # networks and metrics shared by the stages that train,
     # run and score them (segmentation validates with the metrics evaluation reports)
-    ("sedm.diffusion",),
+    ("sedm.diffusion", "sedm.autoencoder"),  # the two trainers of the generative model (the autoencoder's
+    # network is in sedm.models, which the codec loads; its trainer samples crops like diffusion training)
     ("sedm.synthesis",),
     ("sedm.styles",),  # slides as numbers: reads stores, synthetic sets and the model's style encoder
     ("sedm.segmentation",),

@@ -1,1 +1,2 @@
-"""The cohort's own latent autoencoder (``sedm train-autoencoder``): see :mod:`sedm.autoencoder.model`."""
+"""The cohort autoencoder stage (``sedm train-autoencoder``): training and QA; the networks are in
+:mod:`sedm.models.autoencoder`."""

@@ -4,7 +4,7 @@ Trained on tissue crops of the labelled and unlabelled slides (never the test sl
 must stay unseen), so it reconstructs every stain the synthesis will ask for. Losses: L1 of the
 image, L1 of its finite differences (sharp nuclei and fibre borders), a small KL term (a smooth
 latent space the diffusion model can sample), and, with ``layout_decoder``, the same losses of the
-layout decoder on noise-augmented, gradient-stopped latents (:mod:`sedm.autoencoder.model`).
+layout decoder on noise-augmented, gradient-stopped latents (:mod:`sedm.models.autoencoder`).
 
 Outputs: ``--out``, a self-contained directory (the diffusers ``AutoencoderKL`` files, its
 ``scaling_factor`` set to 1 / the latents' measured standard deviation, plus ``layout_decoder/``);
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from sedm import __version__
 from sedm.atomic import atomic_path
-from sedm.autoencoder.model import (LayoutDecoder, build_autoencoder, count, image_gradient_l1,
+from sedm.models.autoencoder import (LayoutDecoder, PatchDiscriminator, build_autoencoder, count, image_gradient_l1,
                                     kl_divergence, layout_decoder_config)
 from sedm.autoencoder.outputs import LOG_COLUMNS, PROVENANCE, TRAIN_LOG
 from sedm.autoencoder.qa import QA_INDEX, write_qa
@@ -133,6 +133,9 @@ def train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: S
     params = [p for m in modules.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=a["lr"], weight_decay=0.0)
     lr_sched = warmup_constant(opt, a["warmup_steps"])
+    adversarial = decoder is not None and a["adversarial_weight"] > 0
+    critic = PatchDiscriminator(n_layout).to(device) if adversarial else None
+    opt_critic = torch.optim.AdamW(critic.parameters(), lr=a["lr"], betas=(0.5, 0.9)) if critic else None
     checkpoints = CheckpointStore(run_dir, run_fingerprint(config, stores, unlabelled), keep=a["keep_checkpoints"])
     state = checkpoints.latest() if resume else None
     start = 0
@@ -140,6 +143,9 @@ def train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: S
         for name, module in modules.items():
             module.load_state_dict(state[name])
         opt.load_state_dict(state["optimizer"])
+        if critic is not None:
+            critic.load_state_dict(state["critic"])
+            opt_critic.load_state_dict(state["critic_optimizer"])
         lr_sched.load_state_dict(state["lr_scheduler"])
         set_rng_state(state["rng"])
         start = int(state["step"])
@@ -160,7 +166,7 @@ def train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: S
         m.train()
     with StopSignals() as signals:
         for data in loader:
-            image = data["image"].to(device)
+            image, layout = data["image"].to(device), data["layout"].to(device)
             posterior = vae.encode(image).latent_dist
             z = posterior.sample(generator=torch.Generator(device).manual_seed(sample_seed(seed, int(data["index"][0]))))
             rec = vae.decode(z).sample
@@ -169,9 +175,11 @@ def train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: S
             loss_layout = torch.zeros(())
             if decoder is not None:
                 z_in = z.detach() + latent_noise(z, data["index"].tolist(), seed, a["latent_noise"])
-                out_l = decoder(z_in, data["layout"].to(device))
+                out_l = decoder(z_in, layout)
                 loss_layout = (out_l - image).abs().mean() + a["gradient_weight"] * image_gradient_l1(out_l, image)
                 loss = loss + loss_layout
+                if critic is not None and step >= a["adversarial_start"]:
+                    loss = loss - a["adversarial_weight"] * critic(out_l, layout).mean()
             if not torch.isfinite(loss):
                 raise InputError(None, "autoencoder.lr", f"the training loss became NaN or infinite at step {step + 1}",
                                  "lower autoencoder.lr and train again; earlier checkpoints are intact")
@@ -180,6 +188,12 @@ def train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: S
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             lr_sched.step()
+            if critic is not None:  # hinge loss: real crops above +1, the layout decoder's below -1
+                critic_loss = (torch.relu(1 - critic(image, layout)).mean()
+                               + torch.relu(1 + critic(out_l.detach(), layout)).mean())
+                opt_critic.zero_grad(set_to_none=True)
+                critic_loss.backward()
+                opt_critic.step()
             step += 1
             n_since += 1
             sums += torch.stack([loss.detach().cpu(), loss_rec.detach().cpu(), loss_layout.detach().cpu()])
@@ -193,7 +207,8 @@ def train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: S
                 sums, n_since = torch.zeros(3), 0
             stop = signals.requested is not None or (stop_at is not None and step >= stop_at)
             if stop or step % a["checkpoint_every"] == 0 or step == max_steps:
-                checkpoints.save(step, {**{k: m.state_dict() for k, m in modules.items()},
+                critic_state = {"critic": critic.state_dict(), "critic_optimizer": opt_critic.state_dict()} if critic else {}
+                checkpoints.save(step, {**{k: m.state_dict() for k, m in modules.items()}, **critic_state,
                                         "optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict()})
             if stop and step < max_steps:
                 stopped = True

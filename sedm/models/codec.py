@@ -29,7 +29,7 @@ import torch
 from sedm.errors import InputError
 
 LAYOUT_DECODER_DIR = "layout_decoder"
-"""Subfolder of an autoencoder directory holding its layout decoder (:mod:`sedm.autoencoder.model`)."""
+"""Subfolder of an autoencoder directory holding its layout decoder (:mod:`sedm.models.autoencoder`)."""
 
 
 class PixelCodec:
@@ -92,13 +92,13 @@ def load_latent_codec(path: str | Path) -> LatentCodec:
         raise InputError(path, "diffusion.latent", "not a diffusers AutoencoderKL directory (no config.json)",
                          "point to a local folder saved with AutoencoderKL.save_pretrained, or null for pixel space")
     try:
-        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, TypeError) as exc:
         raise InputError(path, "diffusion.latent", f"could not load the autoencoder ({exc})",
                          "save it with diffusers' AutoencoderKL.save_pretrained") from None
     layout_decoder = None
     if (path / LAYOUT_DECODER_DIR).is_dir():
-        from sedm.autoencoder.model import LayoutDecoder
+        from sedm.models.autoencoder import LayoutDecoder
 
         layout_decoder = LayoutDecoder.load(path / LAYOUT_DECODER_DIR)
     return LatentCodec(vae, path, layout_decoder)

@@ -1,4 +1,4 @@
-"""The cohort autoencoder: a diffusers ``AutoencoderKL`` plus an optional decoder that also reads the layout.
+"""The cohort autoencoder's networks: a diffusers ``AutoencoderKL`` plus an optional decoder that also reads the layout.
 
 Why a cohort's own autoencoder: latent diffusion (STEDM ran its UNet on a frozen 4x autoencoder)
 needs one that reproduces H&E texture and stain, and a hospital cluster that cannot reach a model hub
@@ -91,6 +91,24 @@ class LayoutDecoder(nn.Module):
         model = cls(LayoutDecoderConfig(**json.loads((folder / _CONFIG).read_text())))
         model.load_state_dict(load_file(str(folder / _WEIGHTS)))
         return model.eval().requires_grad_(False)
+
+
+class PatchDiscriminator(nn.Module):
+    """Judges, patch by patch, whether an image looks like real tissue of the classes its layout names
+    (pix2pix's conditional PatchGAN): an L1-trained decoder given latents that lack nuclei paints their
+    average, a blur; the adversarial loss against this critic makes it draw texture instead."""
+
+    def __init__(self, n_layout: int, channels: int = 32) -> None:
+        super().__init__()
+        c = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(3 + n_layout, c, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(c, 2 * c, 4, stride=2, padding=1), nn.GroupNorm(8, 2 * c), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.GroupNorm(8, 2 * c), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * c, 1, 3, padding=1))
+
+    def forward(self, image: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([image, layout.to(image.dtype)], 1))
 
 
 def fit_layout(layout: torch.Tensor, n_layout: int) -> torch.Tensor:
