@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-autoencoder": ("sedm.autoencoder.train", "train the cohort's latent autoencoder (and its layout decoder)"),
     "train-diffusion": ("sedm.diffusion.train", "train the layout+style conditioned diffusion model (STEDM)"),
     "synthesize": ("sedm.synthesis.synthesize", "generate labelled synthetic data in the style of one unlabelled slide"),
+    "near-copies": ("sedm.synthesis.memorisation", "memorisation check: synthetic tiles' nearest labelled windows vs real-to-real"),
     "style-check": ("sedm.synthesis.style_check", "measure how far the diffusion model follows its style patches"),
     "stylize": ("sedm.synthesis.stylize", "restyle image tiles zero-shot to the style of a slide or image folder"),
     "style-stats": ("sedm.styles.slide", "whole-slide stain statistics of one slide or synthetic store (dask)"),

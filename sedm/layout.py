@@ -26,6 +26,7 @@ RESULTS: dict[str, str] = {
     "synthetic": "synthesis/{slide}.zarr",
     "synthesis_montage": "synthesis/{slide}.montage.png",
     "synthesis_stats": "synthesis/{slide}.stats.json",
+    "memorisation": "synthesis/{slide}.memorisation.json",  # sedm near-copies: nearest labelled windows, near-copies
     "slide_style": "styles/{slide}.stats.json",  # sedm style-stats: whole-slide stain statistics (dask)
     "synthetic_style": "styles/synthetic/{slide}.stats.json",  # the same over a synthetic set
     "slide_embedding": "styles/{slide}.embedding.json",  # sedm style-embedding: the model's style vectors

@@ -86,6 +86,12 @@ def write_results(root: Path, class_name: str = "tumour") -> None:
         "source": {"mean": [0.2, 0.1, 0.3], "std": [0.02, 0.01, 0.03], "pixels": 3000},
         "hed_distance": 0.0179, "hed_distance_source": 0.1418, "style_fidelity": 0.8738,
     }))
+    (root / "synthesis/U1.memorisation.json").write_text(json.dumps({  # as sedm near-copies writes it
+        "slide_id": "U1", "n_tiles": 64, "n_checked": 64,
+        "synthetic": {"n": 64, "median": 0.6123, "p5": 0.4567, "p1": 0.09, "min": 0.08, "max": 0.8},
+        "real_to_real": {"n": 32, "median": 0.6789, "p5": 0.5432, "p1": 0.51, "min": 0.5, "max": 0.8},
+        "source": {"n": 64, "median": 0.9012, "p5": 0.7, "p1": 0.6, "min": 0.05, "max": 1.1},
+        "threshold": {"distance": 0.15}, "near_copies": {"count": 1, "share": 1 / 64, "indices": [7]}}))
     (root / "synthesis/style_check.json").write_text(json.dumps({  # as sedm style-check writes it
         "transfer": {"median": 0.6543, "min": 0.3121, "n_pairs": 1, "n_skipped": 0,
                      "pairs": [{"a": "U1", "b": "U2", "style_distance": 0.2, "output_distance": 0.13086,
@@ -187,6 +193,7 @@ def test_workflow_and_report_share_one_layout(repo, tmp_path):
     assert Path(paths.tissue_qc.format(slide="S1")) == layout.tissue_qc("S1")
     assert Path(paths.prediction_overlay.format(arm="real", slide="S1")) == layout.prediction_overlay("real", "S1")
     assert Path(paths.synthesis_stats.format(slide="U1")) == layout.synthesis_stats("U1")
+    assert Path(paths.memorisation.format(slide="U1")) == layout.memorisation("U1")
     assert Path(paths.eval_dir) == layout.eval_dir and Path(paths.diffusion_run) == layout.diffusion_run
     assert Path(paths.bench.format(rule="r", name="j")).parent.parent == layout.benchmarks
 
@@ -214,6 +221,12 @@ def test_full_report_shows_every_section_deterministically(cohort, tmp_path):
     assert re.search(r"<td>mean H</td><td class=\"num\">0\.100</td><td class=\"num\">0\.110</td>"
                      r"<td class=\"num\">0\.200</td>", html)
     assert "style_fidelity" in text and "0.874" in text
+    # memorisation: near-copies and nearest-neighbour distances vs real-to-real, with how to read them
+    synthesis = re.search(r'<section id="synthesis">(.*?)</section>', html, flags=re.S).group(1)
+    row = re.search(r"<tr><td>U1</td>(.*?)</tr>", synthesis.split("Memorisation check")[1]).group(1)
+    assert re.findall(r"<td[^>]*>([^<]*)</td>", row) == ["64", "1 (1.6 %)", "0.612", "0.457", "0.679", "0.543",
+                                                          "0.901", "0.150"]
+    assert "near-copies should be 0" in _text(synthesis)
     # style transfer: the measures' headline numbers, the pair table and the style grid
     transfer = re.search(r'<section id="style-transfer">(.*?)</section>', html, flags=re.S).group(1)
     for number in ("0.654", "0.312", "0.412, -0.506", "7.250", "0.081", "0.457", "0.789"):

@@ -41,10 +41,14 @@ def cohort(work: Path) -> dict[str, int]:
 
 
 def style_jobs(n: dict[str, int], check: bool = True) -> dict[str, int]:
-    """The style measures' jobs: style_check needs two unlabelled slides, layout_fidelity one."""
+    """The style measures' jobs: style_check needs two unlabelled slides, layout_fidelity one;
+    near_copies (the memorisation check) runs per synthetic set. ``check``: also the jobs that rerun
+    only with synthesis (style_check, near_copies), not with segmentation."""
     jobs = {"layout_fidelity": 1} if n["unlabelled"] else {}
     if check and n["unlabelled"] > 1:
         jobs["style_check"] = 1
+    if check and n["unlabelled"]:
+        jobs["near_copies"] = n["unlabelled"]
     return jobs
 
 
@@ -154,6 +158,7 @@ def test_new_unlabelled_slide_reruns_its_synthesis_and_the_synthetic_arms_only(d
     new = "slide=U99"
     assert jobs == Counter({("demo_cohort", new): 1, ("tile_slide", new): 1, ("tiling_summary", ""): 1,
                             ("synthesize", new): 1, ("style_check", ""): 1, ("layout_fidelity", ""): 1,
+                            ("near_copies", new): 1,
                             # its style: stain statistics, embedding, its synthetic set's statistics
                             ("slide_style", new): 1, ("style_embedding", new): 1, ("synthetic_style", new): 1,
                             ("style_table", ""): 1,

@@ -77,6 +77,9 @@ class ResultsLayout:
     def synthesis_stats(self, slide: str) -> Path:
         return self._p("synthesis_stats", slide=slide)
 
+    def memorisation(self, slide: str) -> Path:
+        return self._p("memorisation", slide=slide)
+
     @property
     def style_table(self) -> Path:
         return self._p("style_table")

@@ -220,7 +220,30 @@ def synthesis_section(samples: pd.DataFrame, layout: ResultsLayout, figures: lis
     if keys and len(items) > 1:
         overview = Table(["slide"] + keys, [[it["slide"]] + [it["stats"]["scalars"][k] for k in keys] for it in items],
                          [False] + [True] * len(keys))
-    return {"ran": True, "items": items, "n_slides": len(slides), "overview": overview}
+    return {"ran": True, "items": items, "n_slides": len(slides), "overview": overview,
+            "memorisation": memorisation_table(slides, layout)}
+
+
+def memorisation_table(slides: list[str], layout: ResultsLayout) -> Table | None:
+    """One row per synthetic set of ``sedm near-copies``: near-copies, and the nearest-neighbour
+    distances of its tiles next to the real-to-real ones; None when no set has been checked."""
+    rows = []
+    for slide in slides:
+        m = read_json(layout.memorisation(slide))
+        if not isinstance(m, Mapping):
+            continue
+        syn, real, source = m.get("synthetic") or {}, m.get("real_to_real") or {}, m.get("source") or {}
+        nc, threshold = m.get("near_copies") or {}, m.get("threshold") or {}
+        share = nc.get("share")
+        share = fmt(None if share is None else 100 * share, 1)
+        rows.append([slide, fmt(m.get("n_checked")), f"{fmt(nc.get('count'))} ({share} %)",
+                     fmt(syn.get("median")), fmt(syn.get("p5")), fmt(real.get("median")), fmt(real.get("p5")),
+                     fmt(source.get("median")), fmt(threshold.get("distance"))])
+    if not rows:
+        return None
+    return Table(["synthetic set", "tiles checked", "near-copies (share)", "NN distance: median", "5th pct",
+                  "real-to-real: median", "5th pct", "to own layout source: median", "near-copy below"], rows,
+                 [False] + [True] * 8)
 
 
 def style_transfer_section(layout: ResultsLayout, figures: list[Figure]) -> dict:

@@ -74,3 +74,25 @@ def make_model(path: Path, *, classes: list[str] = CLASSES, mpp: float | None = 
     save_model(model, path)
     return path
 
+
+
+def make_synthetic_set(path: Path, images: np.ndarray, slide_id: str = "U", *, mpp: float = MPP,
+                       classes: list[str] = CLASSES, provenance: list[dict] | None = None) -> Path:
+    """A synthetic store as ``sedm synthesize`` writes it (images, labels, attrs) holding ``images``;
+    ``provenance``: one dict per image with the layout_* and aug_* columns (the rest is filled)."""
+    import zarr
+
+    from sedm.synthesis.shards import PROVENANCE_COLUMNS, PROVENANCE_FILE
+
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    n, size = images.shape[:2]
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root.create_array("images", data=images, chunks=(1, size, size, 3))
+    root.create_array("labels", data=np.zeros(images.shape[:3], np.uint8), chunks=(1, size, size))
+    root.attrs["sedm"] = {"slide_id": slide_id, "mpp": mpp, "classes": list(classes), "n_samples": int(n),
+                          "patch_size": int(size)}
+    if provenance is not None:
+        rows = [{"sample": i, "layout_target_class": classes[0], "style_slide": slide_id, "style_y": [0],
+                 "style_x": [0], **row} for i, row in enumerate(provenance)]
+        pd.DataFrame(rows, columns=list(PROVENANCE_COLUMNS)).to_parquet(Path(path) / PROVENANCE_FILE, index=False)
+    return path

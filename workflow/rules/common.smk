@@ -130,6 +130,7 @@ def report_inputs(wildcards):
         if len(UNLABELLED) > 1:
             inputs["style_check"] = paths.style_check
         inputs["layout_fidelity"] = paths.layout_fidelity
+        inputs["memorisation"] = expand(paths.memorisation, slide=UNLABELLED)
     if TEST:
         inputs["eval"] = eval_files(SUMMARY_JSON, f"{PER_PATIENT}.csv", f"{PER_SLIDE}.csv")
     return inputs

@@ -43,6 +43,35 @@ rule synthesize:
         " --out {output.store:q} --montage {output.montage:q} --stats {output.stats:q} --log {log:q}"
 
 
+# Memorisation check, one job per synthetic set: each synthetic tile's nearest tile-sized window of
+# the labelled slides (stain-blind structure features, 8 flips/turns) against real-to-real nearest
+# distances; near-copies counted (sedm/synthesis/memorisation.py). Numpy only, no model.
+rule near_copies:
+    input:
+        synthetic=paths.synthetic,
+        config=stage_cfg("synthesis"),
+    output:
+        paths.memorisation,
+    wildcard_constraints:
+        slide="|".join(UNLABELLED) or "^$",
+    params:
+        # the training slides the tiles are compared with; not inputs: the synthetic store already
+        # depends on every one of them through the model (see synthesize)
+        labelled=expand(paths.store, slide=LABELLED),
+    threads: 1
+    resources:
+        sedm_runtime=RUNTIME["synthesis"],
+    log:
+        log_for("near_copies"),
+    benchmark:
+        bench_for("near_copies")
+    conda:
+        ENV
+    shell:
+        "sedm near-copies --config {input.config:q} --runtime {resources.sedm_runtime:q} --synthetic {input.synthetic:q}"
+        " --labelled {params.labelled:q} --threads {threads} --out {output:q} --log {log:q}"
+
+
 # How far the model takes style from its style patches, on the unlabelled slides (never trained on).
 rule style_check:
     input:
