@@ -70,6 +70,7 @@ from sedm.atomic import write_text
 from sedm.config import add_config_arguments, load_config
 from sedm.errors import InputError
 from sedm.seeds import rng_for
+from sedm.stain.statistics import od_of_levels
 from sedm.synthesis.layouts import Augmentation, augmented_window
 from sedm.synthesis.shards import PROVENANCE_FILE, read_provenance
 from sedm.synthesis.windows import read_padded, window_in_tile
@@ -110,15 +111,12 @@ FEATURE_SPACE = (
 
 
 # ------------------------------------------------------------------------------------- features
-_OD = -np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0).astype(np.float32)
+_OD = od_of_levels(np.arange(256, dtype=np.float64)).astype(np.float32)
+"""The optical density of every 8-bit level, as a lookup table (faster than a log per pixel)."""
 
 
 def od_magnitude(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 -> (...) float32 optical density summed over the channels (glass ~0).
-
-    The per-channel OD is :func:`sedm.stain.statistics.rgb_to_od`'s (as a lookup table), written out
-    here because that module imports torch, which this numpy-only job does not load.
-    """
+    """(..., 3) uint8 -> (...) float32 optical density summed over the channels (glass ~0)."""
     return _OD[rgb[..., 0]] + _OD[rgb[..., 1]] + _OD[rgb[..., 2]]
 
 
