@@ -26,7 +26,7 @@ from sedm.errors import InputError
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 """``workflow/profiles`` (the package holds a link to it, as for the config schemas)."""
 
-GPU_RULES = ("train_diffusion", "synthesize", "train_segmentation", "predict_slide")
+GPU_RULES = ("train_autoencoder", "train_diffusion", "synthesize", "train_segmentation", "predict_slide")
 """Rules that the slurm profile sends to GPU nodes (its ``set-resources``)."""
 
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")

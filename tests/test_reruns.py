@@ -61,6 +61,12 @@ def styles_jobs(n: dict[str, int]) -> dict[str, int]:
     return jobs
 
 
+def generative_jobs(n: dict[str, int]) -> dict[str, int]:
+    """The generative model's training jobs: the cohort autoencoder (diffusion.latent: cohort, as the demo)
+    and the diffusion model, both only with an unlabelled slide to synthesise for."""
+    return {"train_autoencoder": 1, "train_diffusion": 1} if n["unlabelled"] else {}
+
+
 def rerun(work: Path) -> Counter:
     """Jobs a dry run plans and a real run then executes (they must agree)."""
     planned = planned_jobs(output(snakemake(work, "--dry-run", "--quiet", "rules")))
@@ -73,7 +79,7 @@ def test_first_run_executes_every_stage_with_a_benchmark(done):
     n = cohort(done)
     jobs = executed_jobs((done / "first_run.log").read_text())
     assert jobs == {"stage_config": len(STAGE_SECTIONS), "demo_cohort": n["slides"], "tile_slide": n["slides"],
-                    "tiling_summary": 1, "train_diffusion": 1, "synthesize": n["unlabelled"],
+                    "tiling_summary": 1, **generative_jobs(n), "synthesize": n["unlabelled"],
                     "train_segmentation": n["arms"], "predict_slide": n["arms"] * n["test"], "evaluate": 1, "report": 1,
                     **style_jobs(n), **styles_jobs(n)}
     # every rule but the instant stage_config writes a benchmark, and the report's compute table lists them
@@ -120,7 +126,7 @@ def test_segmentation_change_reruns_segmentation_prediction_evaluation_report(do
 def test_tiling_change_reruns_everything_downstream_of_tiling_not_the_demo(done):
     n = cohort(done)
     edit_config(done, "tiling", min_tissue_fraction=0.1)
-    assert rerun(done) == {"stage_config": 2, "tile_slide": n["slides"], "tiling_summary": 1, "train_diffusion": 1,
+    assert rerun(done) == {"stage_config": 2, "tile_slide": n["slides"], "tiling_summary": 1, **generative_jobs(n),
                            "synthesize": n["unlabelled"], "train_segmentation": n["arms"],
                            "predict_slide": n["arms"] * n["test"], "evaluate": 1, "report": 1, **style_jobs(n),
                            **styles_jobs(n)}
@@ -146,21 +152,27 @@ def arms_by_kind(work: Path) -> tuple[list[str], list[str]]:
     return [a for a, c in arms.items() if c["synthetic"]], [a for a, c in arms.items() if not c["synthetic"]]
 
 
-def test_new_unlabelled_slide_reruns_its_synthesis_and_the_synthetic_arms_only(done):
-    """Not the arms that never read unlabelled slides (real, stain_aug): neither their models nor
-    their predictions."""
+def test_new_unlabelled_slide_retrains_the_generative_model_and_the_synthetic_arms_only(done):
+    """The cohort autoencoder trains on the unlabelled slides too (their stains must decode faithfully),
+    so a new one retrains it, the diffusion model on its latents, and everything drawn from them; not
+    the arms that never read unlabelled slides (real, stain_aug): neither their models nor their predictions."""
     n, (synthetic, real) = cohort(done), arms_by_kind(done)
-    test = read_sheet(done).query("role == 'test'")["slide_id"].tolist()
+    sheet = read_sheet(done)
+    test = sheet.query("role == 'test'")["slide_id"].tolist()
+    unlabelled = sheet.query("role == 'unlabelled'")["slide_id"].tolist() + ["U99"]
+    slides = sheet["slide_id"].tolist() + ["U99"]
     assert synthetic and real and test
     with sheet_edited(done):
         add_sheet_row(done, "U99", "U99", "unlabelled")
         jobs = planned_wildcards(output(snakemake(done, "--dry-run")))
     new = "slide=U99"
     assert jobs == Counter({("demo_cohort", new): 1, ("tile_slide", new): 1, ("tiling_summary", ""): 1,
-                            ("synthesize", new): 1, ("style_check", ""): 1, ("layout_fidelity", ""): 1,
-                            ("near_copies", new): 1,
-                            # its style: stain statistics, embedding, its synthetic set's statistics
-                            ("slide_style", new): 1, ("style_embedding", new): 1, ("synthetic_style", new): 1,
+                            ("train_autoencoder", ""): 1, ("train_diffusion", ""): 1,
+                            **{(rule, f"slide={u}"): 1 for u in unlabelled
+                               for rule in ("synthesize", "near_copies", "synthetic_style")},
+                            ("style_check", ""): 1, ("layout_fidelity", ""): 1,
+                            # its stain statistics; every slide's style vectors (the model changed)
+                            ("slide_style", new): 1, **{("style_embedding", f"slide={s}"): 1 for s in slides},
                             ("style_table", ""): 1,
                             **{("train_segmentation", f"arm={a}"): 1 for a in synthetic},
                             **{("predict_slide", f"arm={a}, slide={t}"): 1 for a in synthetic for t in test},
@@ -168,6 +180,20 @@ def test_new_unlabelled_slide_reruns_its_synthesis_and_the_synthetic_arms_only(d
     assert not [job for job in jobs for a in real if f"arm={a}" in job[1]]
     assert n["unlabelled"] + 1 > 1  # hence the style check, which needs two unlabelled slides
     assert "Nothing to be done" in output(snakemake(done, "--dry-run"))
+
+
+def test_autoencoder_on_labelled_slides_only_does_not_read_the_unlabelled_ones(done):
+    """autoencoder.unlabelled_fraction: 0 keeps new style sources zero-shot: the autoencoder job then
+    neither reads nor depends on the unlabelled stores."""
+    unlabelled = read_sheet(done).query("role == 'unlabelled'")["slide_id"].tolist()
+    config = (done / "config.yaml").read_text()
+    try:
+        edit_config(done, "autoencoder", unlabelled_fraction=0.0)
+        shell = output(snakemake(done, "--dry-run", "--printshellcmds", "--until", "train_autoencoder"))
+    finally:
+        (done / "config.yaml").write_text(config)
+    command = next(line for line in shell.splitlines() if "sedm train-autoencoder" in line)
+    assert "--unlabelled-stores" not in command and not [u for u in unlabelled if f"{u}.zarr" in command]
 
 
 def test_new_test_slide_is_tiled_predicted_and_evaluated_without_retraining(done):

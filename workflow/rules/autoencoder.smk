@@ -9,7 +9,8 @@ AUTOENCODER = config["autoencoder"]
 rule train_autoencoder:
     input:
         stores=expand(paths.store, slide=LABELLED),
-        unlabelled=expand(paths.store, slide=UNLABELLED),
+        # unlabelled_fraction: 0 keeps new style sources zero-shot (the autoencoder never reads them)
+        unlabelled=expand(paths.store, slide=UNLABELLED) if AUTOENCODER["unlabelled_fraction"] > 0 else [],
         config=stage_cfg("autoencoder"),
     output:
         model=directory(paths.autoencoder),
