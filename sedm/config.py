@@ -98,9 +98,11 @@ def load_config(path: str | Path, runtime: str | None = None) -> dict:
     if not path.is_file():
         raise InputError(path, None, "config file does not exist", "pass the path of an existing YAML file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(path, None, f"not valid YAML ({exc})", "fix the YAML syntax") from None
+        # a stage snapshot is JSON: YAML 1.1 would read a number such as 1e-06 (no dot) as a string
+        data = (json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())) or {}
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise InputError(path, None, f"not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({exc})",
+                         "fix the syntax") from None
     if not isinstance(data, dict):
         raise InputError(path, None, "top level is not a mapping", "write key: value pairs")
     if runtime:

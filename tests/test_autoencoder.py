@@ -62,17 +62,27 @@ def test_writes_a_diffusers_directory_with_layout_decoder_qa_and_montage(stores,
 
 
 def test_decode_uses_the_layout_decoder_only_with_a_layout(stores, tmp_path):
-    assert _train(_config(max_steps=2), stores, tmp_path, "ae") == 0
+    assert _train(_config(max_steps=2), stores, tmp_path, "colour") == 0  # the default: colour from the latents
+    codec = load_latent_codec(tmp_path / "colour")
+    x, layout = torch.randn(2, 4, 8, 8), torch.zeros(2, len(CLASSES) + 1, 32, 32)
+    layout[:, 1] = 1
+    assert not torch.allclose(codec.decode(x), codec.decode(x, layout))
+    assert _train(_config(max_steps=2, layout_decoder_stain=True), stores, tmp_path, "ae") == 0
     codec = load_latent_codec(tmp_path / "ae")
     x = torch.randn(2, 4, 8, 8)
     layout = torch.zeros(2, len(CLASSES) + 1, 32, 32)
     layout[:, 1] = 1
-    plain, with_layout = codec.decode(x), codec.decode(x, layout)
+    stain = torch.zeros(2, 6)
+    plain, with_layout = codec.decode(x), codec.decode(x, layout, stain)
     assert plain.shape == with_layout.shape == (2, 3, 32, 32)
     assert not torch.allclose(plain, with_layout)
     other = torch.zeros_like(layout)
     other[:, 2] = 1
-    assert not torch.allclose(with_layout, codec.decode(x, other))  # the layout is read
+    assert not torch.allclose(with_layout, codec.decode(x, other, stain))  # the layout is read
+    assert not torch.allclose(with_layout, codec.decode(x, layout, stain + 1))  # and the style's stain
+    # the stain replaces the latents' overall colour: shifting every latent by a constant changes nothing
+    assert torch.allclose(with_layout, codec.decode(x + 0.5, layout, stain), atol=1e-5)
+    assert torch.equal(codec.decode(x, layout), plain)  # no stain given: the plain decoder
     no_decoder = _config(max_steps=2, layout_decoder=False)
     assert _train(no_decoder, stores, tmp_path, "plain") == 0
     assert not (tmp_path / "plain" / LAYOUT_DECODER_DIR).exists()

@@ -211,3 +211,14 @@ def test_bad_runtime_is_one_clear_error(tmp_path, runtime, problem):
     out.write_text("{}")
     with pytest.raises(InputError, match=problem):
         load_config(out, runtime)
+
+
+def test_json_stage_snapshot_keeps_small_numbers_numbers(tmp_path):
+    """json writes 1e-06 without a dot, which YAML 1.1 reads as a string: snapshots are read as JSON."""
+    import json
+
+    from sedm.config import load_config
+
+    path = tmp_path / "autoencoder.json"
+    path.write_text(json.dumps({"autoencoder": {"kl_weight": 1e-6}}))
+    assert load_config(path)["autoencoder"]["kl_weight"] == 1e-6

@@ -21,6 +21,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from sedm.atomic import write_text
 from sedm.diffusion.grid import save_png
+from sedm.models.stedm import stain_condition
 from sedm.stain.statistics import HED_CHANNELS, tissue_pixels
 
 QA_INDEX = 2**60
@@ -68,12 +69,14 @@ def summarise(metrics: list[dict[str, Any]], slides: list[str]) -> dict[str, Any
 
 
 @torch.no_grad()
-def reconstruct(vae: Any, decoder: Any, images: torch.Tensor, layouts: torch.Tensor) -> dict[str, np.ndarray]:
-    """uint8 reconstructions by the autoencoder's decoder and, if there is one, the layout decoder."""
+def reconstruct(vae: Any, decoder: Any, images: torch.Tensor, layouts: torch.Tensor,
+                stain: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """uint8 reconstructions by the autoencoder's decoder and, if there is one, the layout decoder
+    (painting with ``stain``, the style statistics of each crop's slide, when it reads them)."""
     z = vae.encode(images).latent_dist.mode()
     out = {"autoencoder": to_uint8(vae.decode(z).sample)}
     if decoder is not None:
-        out["layout_decoder"] = to_uint8(decoder(z, layouts))
+        out["layout_decoder"] = to_uint8(decoder(z, layouts, stain))
     return out
 
 
@@ -84,11 +87,14 @@ def write_qa(vae: Any, decoder: Any, dataset: Any, *, qa: str | Path, montage: s
     items = [dataset[QA_INDEX + i] for i in range(QA_SAMPLES)]
     images = torch.stack([it["image"] for it in items]).to(device)
     layouts = torch.stack([it["layout"] for it in items]).to(device)
+    stain = stain_condition(torch.stack([it["style"] for it in items]).to(device)) \
+        if decoder is not None and decoder.config.stain_channels else None
     names = [dataset.store_paths[it["slide"]].name.removesuffix(".zarr") for it in items]
     originals = to_uint8(images)
     recs = {}
     for start in range(0, QA_SAMPLES, 16):
-        part = reconstruct(vae, decoder, images[start:start + 16], layouts[start:start + 16])
+        part = reconstruct(vae, decoder, images[start:start + 16], layouts[start:start + 16],
+                           None if stain is None else stain[start:start + 16])
         for k, v in part.items():
             recs.setdefault(k, []).append(v)
     recs = {k: np.concatenate(v) for k, v in recs.items()}

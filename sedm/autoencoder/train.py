@@ -35,10 +35,11 @@ from sedm.models.autoencoder import (LayoutDecoder, PatchDiscriminator, build_au
                                     kl_divergence, layout_decoder_config)
 from sedm.autoencoder.outputs import LOG_COLUMNS, PROVENANCE, TRAIN_LOG
 from sedm.autoencoder.qa import QA_INDEX, write_qa
-from sedm.config import add_config_arguments, load_config
+from sedm.config import add_config_arguments, load_config, validate_config
 from sedm.diffusion.dataset import DiffusionPatchDataset, StepSampler
 from sedm.errors import InputError
 from sedm.models.codec import LAYOUT_DECODER_DIR
+from sedm.models.stedm import stain_condition
 from sedm.labels import n_layout_channels
 from sedm.runtime.checkpoints import CheckpointStore
 from sedm.runtime.csvlog import CsvLog
@@ -48,6 +49,7 @@ from sedm.runtime.rng import set_rng_state
 from sedm.runtime.schedules import warmup_constant
 from sedm.runtime.signals import EXIT_REQUEUE, StopSignals
 from sedm.seeds import sample_seed
+from sedm.stain.jitter import StainJitter
 from sedm.tiling.table import tile_table_path
 
 log = logging.getLogger(__name__)
@@ -80,15 +82,26 @@ def run(args: argparse.Namespace) -> int:
 
 def build_dataset(config: Mapping[str, Any], stores: Sequence[str | Path],
                   unlabelled: Sequence[str | Path]) -> DiffusionPatchDataset:
-    """Tissue crops with their layouts (unlabelled crops: "tissue, class unknown"); no style patches."""
+    """Tissue crops with their layouts (unlabelled crops: "tissue, class unknown"), and, for a layout
+    decoder that paints with stain statistics, style patches of the same slide restained alike."""
     a = config["autoencoder"]
     if a["unlabelled_fraction"] > 0 and not unlabelled:
         log.warning("autoencoder.unlabelled_fraction is %g but no unlabelled stores were given: training on the "
                     "labelled slides only", a["unlabelled_fraction"])
-    return DiffusionPatchDataset(stores, config["classes"], patch_size=a["patch_size"], n_style=0,
+    stain = a["layout_decoder"] and a["layout_decoder_stain"]
+    return DiffusionPatchDataset(stores, config["classes"], patch_size=a["patch_size"],
+                                 n_style=a["style_patches"] if stain else 0, style_patch_size=a["style_patch_size"],
                                  unlabelled_stores=unlabelled, unlabelled_fraction=a["unlabelled_fraction"],
                                  class_weights=None, augment=True, layout_drop=a["layout_drop"],
-                                 unlabelled_tissue=True, seed=config["seed"])
+                                 style_jitter=stain_jitter() if stain else None, unlabelled_tissue=True,
+                                 seed=config["seed"])
+
+
+def stain_jitter() -> StainJitter:
+    """The restaining of the diffusion model's training samples (the schema's ``diffusion.style_jitter``
+    defaults), applied alike to a crop and its style patches: the layout decoder sees stains beyond the
+    cohort's and can only take them from the style patches' statistics."""
+    return StainJitter.from_config(validate_config({})["diffusion"]["style_jitter"])
 
 
 def run_fingerprint(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: Sequence[str | Path]) -> str:
@@ -175,7 +188,8 @@ def train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: S
             loss_layout = torch.zeros(())
             if decoder is not None:
                 z_in = z.detach() + latent_noise(z, data["index"].tolist(), seed, a["latent_noise"])
-                out_l = decoder(z_in, layout)
+                stain = stain_condition(data["style"].to(device)) if decoder.config.stain_channels else None
+                out_l = decoder(z_in, layout, stain)
                 loss_layout = (out_l - image).abs().mean() + a["gradient_weight"] * image_gradient_l1(out_l, image)
                 loss = loss + loss_layout
                 if critic is not None and step >= a["adversarial_start"]:

@@ -166,4 +166,4 @@ class StedmPipeline:
             pred = guided_prediction(model, x_in, t, layout, style, null, scale, rescale)
             x = scheduler.step(pred, t, x, generator=generator).prev_sample
 
-        return tensor_to_uint8(model.codec.decode(x, layout))
+        return tensor_to_uint8(model.codec.decode(x, layout, style.stain))

@@ -57,6 +57,7 @@ def reconstruction_dice(segment: SegmentFn, autoencoder: str | Path, stores: lis
 
     from sedm.labels import n_layout_channels, one_hot
     from sedm.models.codec import load_latent_codec
+    from sedm.models.stedm import stain_condition
     from sedm.tiling.store import SlideStore
     from sedm.tiling.table import fraction_columns
 
@@ -87,8 +88,8 @@ def reconstruction_dice(segment: SegmentFn, autoencoder: str | Path, stores: lis
             latents = codec.encode(x)
             layout = torch.from_numpy(np.stack([one_hot(lab, n_layout) for lab in labels]))
             decoded = {"autoencoder": codec.decode(latents)}
-            if codec.layout_decoder is not None:
-                decoded["layout_decoder"] = codec.decode(latents, layout)
+            if codec.layout_decoder is not None:  # painting with each tile's own stain statistics
+                decoded["layout_decoder"] = codec.decode(latents, layout, stain_condition(x[:, None]))
             variants["original"] += list(zip(images, labels))
             for name, out in decoded.items():
                 u8 = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).movedim(1, -1).numpy()

@@ -31,6 +31,8 @@ from diffusers.models.autoencoders.vae import Decoder
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from sedm.models.stedm import N_STAIN_STATISTICS
+
 _CONFIG, _WEIGHTS = "config.json", "model.safetensors"
 
 
@@ -56,6 +58,9 @@ class LayoutDecoderConfig:
     layers_per_block: int
     norm_num_groups: int
     head_channels: int
+    stain_channels: int = 0
+    """Stain statistics of the style (``sedm.models.stedm.stain_condition``, 6 values) the decoder paints
+    with; 0 = none (the colour then comes from the latents alone)."""
 
 
 class LayoutDecoder(nn.Module):
@@ -66,18 +71,30 @@ class LayoutDecoder(nn.Module):
         self.config = config
         c = config
         n = len(c.block_out_channels)
-        self.decoder = Decoder(in_channels=c.latent_channels + c.n_layout, out_channels=c.head_channels,
+        self.decoder = Decoder(in_channels=c.latent_channels + c.n_layout + c.stain_channels,
+                               out_channels=c.head_channels,
                                up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(c.block_out_channels),
                                layers_per_block=c.layers_per_block, norm_num_groups=c.norm_num_groups,
                                mid_block_add_attention=False)
-        self.head = nn.Sequential(nn.SiLU(), nn.Conv2d(c.head_channels + c.n_layout, c.head_channels, 3, padding=1),
+        self.head = nn.Sequential(nn.SiLU(), nn.Conv2d(c.head_channels + c.n_layout + c.stain_channels,
+                                                       c.head_channels, 3, padding=1),
                                   nn.SiLU(), nn.Conv2d(c.head_channels, 3, 3, padding=1))
 
-    def forward(self, latents: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
+    def forward(self, latents: torch.Tensor, layout: torch.Tensor, stain: torch.Tensor | None = None) -> torch.Tensor:
+        """With stain channels, the latents' mean per channel is removed (their overall colour) and the
+        stain statistics given in its place: the style's stain, not the latents', colours the image."""
         layout = fit_layout(layout, self.config.n_layout).to(latents.dtype)
         coarse = F.interpolate(layout, size=latents.shape[-2:], mode="area")
-        h = self.decoder(torch.cat([latents, coarse], 1))
-        return self.head(torch.cat([h, layout], 1))
+        fine, extra = [layout], []
+        if self.config.stain_channels:
+            if stain is None:
+                raise ValueError("this layout decoder paints with stain statistics: pass stain")
+            latents = latents - latents.mean((2, 3), keepdim=True)
+            maps = stain.to(latents.dtype)[:, :, None, None]
+            extra = [maps.expand(-1, -1, *latents.shape[-2:])]
+            fine.append(maps.expand(-1, -1, *layout.shape[-2:]))
+        h = self.decoder(torch.cat([latents, coarse, *extra], 1))
+        return self.head(torch.cat([h, *fine], 1))
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -125,7 +142,8 @@ def layout_decoder_config(section: Mapping[str, Any], n_layout: int) -> LayoutDe
                                block_out_channels=list(section["block_out_channels"]),
                                layers_per_block=int(section["layers_per_block"]),
                                norm_num_groups=int(section["norm_num_groups"]),
-                               head_channels=int(section["block_out_channels"][0]))
+                               head_channels=int(section["block_out_channels"][0]),
+                               stain_channels=N_STAIN_STATISTICS if section["layout_decoder_stain"] else 0)
 
 
 def kl_divergence(posterior: Any) -> torch.Tensor:

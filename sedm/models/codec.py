@@ -43,7 +43,8 @@ class PixelCodec:
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return images
 
-    def decode(self, x: torch.Tensor, layout: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, x: torch.Tensor, layout: torch.Tensor | None = None,
+               stain: torch.Tensor | None = None) -> torch.Tensor:
         return x.clamp(-1, 1)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "PixelCodec":
@@ -69,11 +70,14 @@ class LatentCodec:
         return ((z - self.shift_factor) * self.scaling_factor).float()
 
     @torch.no_grad()
-    def decode(self, x: torch.Tensor, layout: torch.Tensor | None = None) -> torch.Tensor:
-        """Images from scaled latents; with a layout (B, channels, H, W) and a layout decoder, rendered by it."""
+    def decode(self, x: torch.Tensor, layout: torch.Tensor | None = None,
+               stain: torch.Tensor | None = None) -> torch.Tensor:
+        """Images from scaled latents; with a layout (B, channels, H, W) and a layout decoder, rendered by
+        it (with the style's ``stain`` statistics when it paints with them; without them, by the plain one)."""
         z = (x / self.scaling_factor + self.shift_factor).to(self.vae.dtype)
-        if layout is not None and self.layout_decoder is not None:
-            return self.layout_decoder(z, layout.to(z)).float().clamp(-1, 1)
+        decoder = self.layout_decoder
+        if layout is not None and decoder is not None and (stain is not None or not decoder.config.stain_channels):
+            return decoder(z, layout.to(z), stain).float().clamp(-1, 1)
         return self.vae.decode(z).sample.float().clamp(-1, 1)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "LatentCodec":

@@ -52,6 +52,16 @@ STAIN_STATISTICS_NORM = ((0.35, 0.35, 0.35, 0.2, 0.2, 0.2), (0.2, 0.2, 0.2, 0.1,
 """(centre, scale) bringing H&E tissue's OD moments to roughly unit range before the projection."""
 
 
+def stain_condition(style_images: torch.Tensor) -> torch.Tensor:
+    """(B, N, 3, h, w) style patches in [-1, 1] -> (B, 6): their optical-density moments averaged over the
+    N patches, normalised by :data:`STAIN_STATISTICS_NORM`. The stain input of the model and of the
+    cohort autoencoder's layout decoder, one definition for both."""
+    b, n = style_images.shape[:2]
+    stats = od_moments_torch(style_images.flatten(0, 1)).view(b, n, -1).mean(1)
+    centre, scale = (torch.tensor(v, device=stats.device) for v in STAIN_STATISTICS_NORM)
+    return (stats - centre) / scale
+
+
 @dataclass
 class StedmConfig:
     """Everything needed to rebuild a model (``config.json`` of a model directory) and to sample from it.
@@ -219,9 +229,7 @@ class StedmModel(nn.Module):
         tokens = self.style_encoder(patches).view(b, n, -1)
         vector, stain = self.aggregation(tokens), None
         if self.stain_proj is not None:
-            stats = od_moments_torch(patches).view(b, n, -1).mean(1)
-            centre, scale = (torch.tensor(v, device=stats.device) for v in STAIN_STATISTICS_NORM)
-            stain = ((stats - centre) / scale).to(vector.dtype)
+            stain = stain_condition(style_images).to(vector.dtype)
             vector = vector + self.stain_proj(stain)
         return StyleCondition(vector, tokens, stain)
 
