@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 from sedm.config import load_config, load_samples  # noqa: E402
 from sedm.diffusion.train import build_model, train  # noqa: E402
-from sedm.evaluation.layout_fidelity import baseline_arm, load_segmenter, synthetic_dice  # noqa: E402
+from sedm.evaluation.layout_fidelity import baseline_arm, load_segmenter, stain_robust_arm, synthetic_dice  # noqa: E402
 from sedm.layout import results_paths  # noqa: E402
 from sedm.models.io import save_model  # noqa: E402
 from sedm.models.presets import PRESETS  # noqa: E402
@@ -80,7 +80,7 @@ def snapshot(config: dict, run_dir: Path, step: int, mpp: float, out: Path) -> P
 
 
 def layout_fidelity(config: dict, model_dir: Path, labelled: list[Path], unlabelled: list[Path],
-                    segmenter: Path, n_layouts: int) -> dict:
+                    segmenter: Path, n_layouts: int, robust_segmenter: Path | None = None) -> dict:
     """The baseline segmenter's Dice on generated tiles at the synthesis patch size (their layouts as
     truth), and the synthetic tiles per second. A latent model with a layout decoder is measured twice:
     decoded by it (``synthetic``, what synthesis does) and by the plain decoder (``synthetic_plain``)."""
@@ -91,6 +91,7 @@ def layout_fidelity(config: dict, model_dir: Path, labelled: list[Path], unlabel
     generate = Generator(model_dir, sampler=syn["sampler"], steps=syn["steps"], guidance_scale=syn["guidance_scale"],
                          guidance_rescale=syn["guidance_rescale"])
     segment, meta = load_segmenter(segmenter, torch.device("cpu"))
+    robust = load_segmenter(robust_segmenter, torch.device("cpu"))[0] if robust_segmenter else None
     codec = generate.model.codec
     decoders = {"synthetic": getattr(codec, "layout_decoder", None)}
     if decoders["synthetic"] is not None:
@@ -106,6 +107,8 @@ def layout_fidelity(config: dict, model_dir: Path, labelled: list[Path], unlabel
         n = sum(len(v) for v in sets.values())
         out.update({name: synthetic_dice(segment, sets, len(config["classes"]))["macro_dice"], "n_tiles": n,
                     f"{name}_tiles_per_s": round(n / (time.perf_counter() - t0), 3)})
+        if robust is not None:
+            out[f"{name}_stain_robust"] = synthetic_dice(robust, sets, len(config["classes"]))["macro_dice"]
     return out
 
 
@@ -133,6 +136,8 @@ def main() -> None:
     labelled = [Path(paths.store.format(slide=s)) for s in samples.index if role[s] == "labelled"]
     unlabelled = [Path(paths.store.format(slide=s)) for s in samples.index if role[s] == "unlabelled"]
     segmenter = Path(paths.seg_model.format(arm=baseline_arm(config)))
+    robust_arm = stain_robust_arm(config)
+    robust = Path(paths.seg_model.format(arm=robust_arm)) if robust_arm else None
     mpp = SlideStore(labelled[0]).mpp
 
     rows = []
@@ -153,7 +158,7 @@ def main() -> None:
                 model_dir = snapshot(cfg, run_dir, step, mpp, work / f"step-{step}")
                 style = measure(cfg, model_dir, labelled, unlabelled, work / f"step-{step}.style.json",
                                 work / f"step-{step}.grid.png")
-                fid = layout_fidelity(cfg, model_dir, labelled, unlabelled, segmenter, args.fidelity_layouts)
+                fid = layout_fidelity(cfg, model_dir, labelled, unlabelled, segmenter, args.fidelity_layouts, robust)
                 row = {"design": "pixel" if design == "pixel" else "latent", "width": width,
                        "params_m": round(params / 1e6, 2), "step": step, "lr": cfg["diffusion"]["lr"],
                        "sec_per_step": round(sec_per_step, 3),
@@ -165,6 +170,7 @@ def main() -> None:
                        "train_cpu_s": round(sec_per_step * step, 1),
                        "fidelity_synthetic": fid["synthetic"], "fidelity_real_val": fid["real_val"],
                        "fidelity_plain_decoder": fid.get("synthetic_plain"),
+                       "fidelity_stain_robust": fid.get("synthetic_stain_robust"),
                        "tiles_per_s": fid["synthetic_tiles_per_s"]}
                 rows.append(row)
                 print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),

@@ -61,3 +61,13 @@ def test_baseline_arm_is_a_real_data_arm():
     assert baseline_arm(cfg) == "real"
     with pytest.raises(InputError):
         baseline_arm({"segmentation": {"arms": {"s": {"synthetic": True}}}, "evaluation": {"baseline": "s"}})
+
+
+def test_stain_robust_judge_is_a_stain_augmented_real_data_arm():
+    from sedm.evaluation.layout_fidelity import stain_robust_arm
+
+    arms = {"real": {"synthetic": False, "stain_aug": False}, "both": {"synthetic": True, "stain_aug": True},
+            "aug": {"synthetic": False, "stain_aug": True}}
+    assert stain_robust_arm({"segmentation": {"arms": arms}}) == "aug"
+    del arms["aug"]
+    assert stain_robust_arm({"segmentation": {"arms": arms}}) is None  # no such arm: no second judge

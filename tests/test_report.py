@@ -101,7 +101,17 @@ def write_results(root: Path, class_name: str = "tumour") -> None:
     _png(root / "synthesis/style_grid.png", (120, 60, 160), (200, 150))
     (root / "eval").mkdir()
     (root / "eval/layout_fidelity.json").write_text(json.dumps({  # as sedm layout-fidelity writes it
-        "arm": "real", "macro_dice": 0.4567, "real_val_macro_dice": 0.789, "per_slide": {"U1": 0.4567}}))
+        "arm": "real", "macro_dice": 0.4567, "real_val_macro_dice": 0.789, "per_slide": {"U1": 0.4567},
+        "stain_robust": {"arm": "stain_aug", "macro_dice": 0.6012, "real_val_macro_dice": 0.8123},
+        "autoencoder": {"tiles": 24, "slides": ["T1"],
+                        "macro_dice": {"original": 0.9311, "autoencoder": 0.5222, "layout_decoder": 0.8894}}}))
+    (root / "autoencoder").mkdir()
+    block = {"crops": 64, "psnr": 24.51, "ssim": 0.7012, "od_error_abs": {"H": 0.0056, "E": 0.005, "D": 0.0035},
+             "od_error_mean": {"H": -0.001, "E": 0.002, "D": 0.0}, "slide_od_spread": {"H": 0.006, "E": 0.0052, "D": 0.0035}}
+    (root / "autoencoder/qa.json").write_text(json.dumps({  # as sedm.autoencoder.qa writes it
+        "crops": 64, "crop_size": 48, "slides": ["L1"], "autoencoder": block,
+        "layout_decoder": {**block, "psnr": 20.02, "ssim": 0.4567}}))
+    _png(root / "autoencoder/montage.png", (180, 90, 170), (96, 48))
     for arm_i, arm in enumerate(ARMS):
         run_dir = root / f"segmentation/{arm}/run"
         run_dir.mkdir(parents=True)
@@ -227,9 +237,14 @@ def test_full_report_shows_every_section_deterministically(cohort, tmp_path):
     assert re.findall(r"<td[^>]*>([^<]*)</td>", row) == ["64", "1 (1.6 %)", "0.612", "0.457", "0.679", "0.543",
                                                           "0.901", "0.150"]
     assert "near-copies should be 0" in _text(synthesis)
+    # autoencoder: reconstruction and colour fidelity beside the slides' spread, and the Dice ceiling
+    autoencoder = re.search(r'<section id="autoencoder">(.*?)</section>', html, flags=re.S).group(1)
+    for number in ("24.5", "0.701", "0.006 (0.006)", "20.0", "0.457", "0.931", "0.522", "0.889"):
+        assert number in autoencoder, number
+    assert "montage" in {f.name for f in figures if f.section == "autoencoder"}
     # style transfer: the measures' headline numbers, the pair table and the style grid
     transfer = re.search(r'<section id="style-transfer">(.*?)</section>', html, flags=re.S).group(1)
-    for number in ("0.654", "0.312", "0.412, -0.506", "7.250", "0.081", "0.457", "0.789"):
+    for number in ("0.654", "0.312", "0.412, -0.506", "7.250", "0.081", "0.457", "0.789", "0.601, 0.812"):
         assert number in transfer, number
     assert "<td>U1</td><td>U2</td>" in transfer and "style_grid" in {f.name for f in figures}
     # per-class numbers as the summary holds them; confusion matrices are not shown
@@ -238,7 +253,8 @@ def test_full_report_shows_every_section_deterministically(cohort, tmp_path):
     assert re.search(r"best patient: P4 \(macro_dice 0\.900\)", text)
     assert re.search(r"worst patient: P5 \(macro_dice 0\.500\)", text)
     sections = {f.section for f in figures}
-    assert sections == {"tiling", "diffusion", "synthesis", "segmentation", "evaluation", "styles", "predictions"}
+    assert sections == {"tiling", "autoencoder", "diffusion", "synthesis", "segmentation", "evaluation", "styles",
+                        "predictions"}
     # style map: the far patient P5 has the largest distance; correlations from summary.json, descriptive
     styles = re.search(r'<section id="styles">(.*?)</section>', html, flags=re.S).group(1)
     dist = {p: float(d) for p, d in re.findall(r"<tr><td>(P\d)</td><td class=\"num\">([0-9.]+)</td>", styles)}

@@ -136,10 +136,12 @@ def test_tiny_pipeline_on_slurm_survives_preemption(slurm, tmp_path):
     # ... and ends with the weights of an uninterrupted run (CPU training is deterministic)
     labelled = n.loc[n["role"] == "labelled", "slide_id"]
     ref = tmp_path / "uninterrupted"
-    runtime = json.dumps(runtime_config(load_config(work / "config.yaml"), "diffusion"))  # as the rule passes it
+    config = load_config(work / "config.yaml")
+    runtime = json.dumps(runtime_config(config, "diffusion"))  # as the rule passes it
+    autoencoder = ["--autoencoder", str(work / "results/autoencoder/model")] if config["diffusion"]["latent"] == "cohort" else []
     subprocess.run([sys.executable, "-m", "sedm.cli", "train-diffusion", "--config",
                     str(work / "results/config/diffusion.json"), "--runtime", runtime, "--stores",
-                    *[str(work / f"results/tiles/{s}.zarr") for s in labelled], "--out", str(ref / "model"),
+                    *[str(work / f"results/tiles/{s}.zarr") for s in labelled], *autoencoder, "--out", str(ref / "model"),
                     "--run-dir", str(ref / "run"), "--resume", "never", "--threads", "1"],
                    check=True, capture_output=True, timeout=600)
     resumed = load_file(work / "results/diffusion/model/model.safetensors")

@@ -48,7 +48,7 @@ from sedm.runtime.fingerprint import fingerprint, without_runtime_keys
 from sedm.runtime.rng import set_rng_state
 from sedm.runtime.schedules import warmup_constant
 from sedm.runtime.signals import EXIT_REQUEUE, StopSignals
-from sedm.seeds import sample_seed
+from sedm.seeds import index_rng, sample_seed
 from sedm.stain.jitter import StainJitter
 from sedm.tiling.table import tile_table_path
 
@@ -82,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
 def build_dataset(config: Mapping[str, Any], stores: Sequence[str | Path],
                   unlabelled: Sequence[str | Path]) -> DiffusionPatchDataset:
-    """Tissue crops with their layouts (unlabelled crops: "tissue, class unknown"), and, for a layout
-    decoder that paints with stain statistics, style patches of the same slide restained alike."""
+    """Tissue crops with their layouts (unlabelled crops: "tissue, class unknown"), restained with
+    ``stain_jitter``, and, for a layout decoder that paints with stain statistics, style patches of the
+    same slide restained alike."""
     a = config["autoencoder"]
     if a["unlabelled_fraction"] > 0 and not unlabelled:
         log.warning("autoencoder.unlabelled_fraction is %g but no unlabelled stores were given: training on the "
@@ -93,14 +94,16 @@ def build_dataset(config: Mapping[str, Any], stores: Sequence[str | Path],
                                  n_style=a["style_patches"] if stain else 0, style_patch_size=a["style_patch_size"],
                                  unlabelled_stores=unlabelled, unlabelled_fraction=a["unlabelled_fraction"],
                                  class_weights=None, augment=True, layout_drop=a["layout_drop"],
-                                 style_jitter=stain_jitter() if stain else None, unlabelled_tissue=True,
+                                 style_jitter=stain_jitter() if a["stain_jitter"] else None, unlabelled_tissue=True,
                                  seed=config["seed"])
 
 
 def stain_jitter() -> StainJitter:
     """The restaining of the diffusion model's training samples (the schema's ``diffusion.style_jitter``
-    defaults), applied alike to a crop and its style patches: the layout decoder sees stains beyond the
-    cohort's and can only take them from the style patches' statistics."""
+    defaults), applied alike to a crop and its style patches. The diffusion model trains on restained
+    patches, so the autoencoder must encode and decode those stains faithfully too (trained on the
+    cohort's stains alone, it followed about half of a restaining's colour change); and a layout decoder
+    that paints with stain statistics can only take the stain from them."""
     return StainJitter.from_config(validate_config({})["diffusion"]["style_jitter"])
 
 
@@ -128,6 +131,18 @@ def latent_noise(latents: torch.Tensor, indices: Sequence[int], seed: int, stren
         level = torch.rand((), generator=g) * strength
         out.append(torch.randn(latents.shape[1:], generator=g) * level)
     return torch.stack(out).to(latents) * latents.detach().std()
+
+
+def restained(images: torch.Tensor, indices: Sequence[int], seed: int) -> torch.Tensor:
+    """Each (3, H, W) crop in [-1, 1] under an independent random restaining (:func:`stain_jitter`,
+    drawn from (seed, sample index)): the latents a stain-painting layout decoder reads then say nothing
+    about the target's stain, so it must take the stain from the style statistics."""
+    jitter, out = stain_jitter(), []
+    for image, index in zip(images, indices):
+        rgb = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        rgb = jitter(rgb, index_rng(seed ^ 0x57A1, index))
+        out.append(torch.from_numpy(rgb).permute(2, 0, 1).float() / 127.5 - 1.0)
+    return torch.stack(out).to(images)
 
 
 def train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: Sequence[str | Path] = (), *,
@@ -187,8 +202,12 @@ def train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: S
             loss = loss_rec + a["kl_weight"] * kl_divergence(posterior)
             loss_layout = torch.zeros(())
             if decoder is not None:
-                z_in = z.detach() + latent_noise(z, data["index"].tolist(), seed, a["latent_noise"])
-                stain = stain_condition(data["style"].to(device)) if decoder.config.stain_channels else None
+                stain, z_l = None, z.detach()
+                if decoder.config.stain_channels:
+                    stain = stain_condition(data["style"].to(device))
+                    with torch.no_grad():  # latents of the same crop in another stain: colour only from `stain`
+                        z_l = vae.encode(restained(image, data["index"].tolist(), seed)).latent_dist.mode()
+                z_in = z_l + latent_noise(z_l, data["index"].tolist(), seed, a["latent_noise"])
                 out_l = decoder(z_in, layout, stain)
                 loss_layout = (out_l - image).abs().mean() + a["gradient_weight"] * image_gradient_l1(out_l, image)
                 loss = loss + loss_layout

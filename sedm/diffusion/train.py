@@ -140,14 +140,21 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> t
 
 
 def sample_randomness(indices: torch.Tensor, seed: int, shape: Sequence[int], num_timesteps: int,
-                      style_drop: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Noise (B, *shape), timesteps (B,) and style-drop flags (B,), each a function of (seed, index)."""
+                      style_drop: float, noise_offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Noise (B, *shape), timesteps (B,) and style-drop flags (B,), each a function of (seed, index).
+
+    ``noise_offset``: plus one constant per channel ("offset noise"): independent noise per pixel
+    averages out over a patch, so a patch's overall colour survives to the noisiest steps and the model
+    never has to take it from the style; noise constant over the patch destroys it there too."""
     noise, steps, drops = [], [], []
     for index in indices.tolist():
         g = torch.Generator().manual_seed(sample_seed(seed, index))
-        noise.append(torch.randn(tuple(shape), generator=g))
+        eps = torch.randn(tuple(shape), generator=g)
         steps.append(torch.randint(0, num_timesteps, (1,), generator=g))
         drops.append(torch.rand(1, generator=g) < style_drop)
+        if noise_offset:
+            eps = eps + noise_offset * torch.randn((shape[0], *[1] * (len(shape) - 1)), generator=g)
+        noise.append(eps)
     return torch.stack(noise), torch.cat(steps), torch.cat(drops)
 
 
@@ -331,7 +338,7 @@ def _train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: 
     with StopSignals() as signals:
         for batch_data in loader:
             noise, t, drop = sample_randomness(batch_data["index"], seed, latent_shape, cfg.num_train_timesteps,
-                                               s["style_drop"])
+                                               s["style_drop"], s["noise_offset"])
             image = batch_data["image"].to(device, non_blocking=True)
             layout = batch_data["layout"].to(device, non_blocking=True)
             styles = batch_data["style"].to(device, non_blocking=True)

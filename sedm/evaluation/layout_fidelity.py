@@ -103,6 +103,13 @@ def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
+def stain_robust_arm(config: Mapping[str, Any]) -> str | None:
+    """The first arm trained on real tiles with stain augmentation, if any: a second judge of synthetic
+    tiles whose verdict does not hinge on their stain being one the labelled slides have."""
+    arms = config["segmentation"]["arms"]
+    return next((a for a, spec in arms.items() if spec["stain_aug"] and not spec["synthetic"]), None)
+
+
 def baseline_arm(config: Mapping[str, Any]) -> str:
     """The arm whose segmenter judges the synthetic tiles: evaluation.baseline when it trains on real
     tiles only, else the first such arm."""
@@ -149,6 +156,13 @@ def run(args: argparse.Namespace) -> int:
                    "real_val_macro_dice": real,
                    "gap": None if real is None or result["macro_dice"] is None else real - result["macro_dice"],
                    "n_synthetic": {k: len(v) for k, v in sets.items()}})
+    if args.stain_robust_model:
+        # a judge that knows every stain: low fidelity here means "not tissue", not "an unfamiliar stain"
+        robust_fn, robust_meta = load_segmenter(args.stain_robust_model, resolve_device(seg["device"]), bool(seg["amp"]))
+        robust = synthetic_dice(robust_fn, sets, len(classes), int(seg["inference"]["batch_size"]))
+        result["stain_robust"] = {"arm": robust_meta.get("arm"), "macro_dice": robust["macro_dice"],
+                                  "per_slide": robust["per_slide"],
+                                  "real_val_macro_dice": robust_meta.get("best_val_macro_dice")}
     if args.autoencoder:
         val_slides = list(meta.get("split", {}).get("val_slides") or [])
         result["autoencoder"] = reconstruction_dice(segment_fn, args.autoencoder, args.stores or [], val_slides,
@@ -165,6 +179,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="segmentation model directory of an arm trained on real tiles")
     parser.add_argument("--synthetic", nargs="+", required=True, help="synthesis stores to score")
     parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--stain-robust-model", default=None,
+                        help="an arm trained on real tiles with stain augmentation: also score the synthetic tiles "
+                             "with it (tiles in a stain the baseline never saw can look wrong to the baseline alone)")
     parser.add_argument("--autoencoder", default=None, help="latent autoencoder directory: also score its "
                         "reconstructions of the segmenter's validation tiles (the ceiling of latent synthesis)")
     parser.add_argument("--stores", nargs="*", default=[], help="labelled stores (the validation slides' tiles)")

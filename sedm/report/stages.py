@@ -279,6 +279,11 @@ def style_transfer_section(layout: ResultsLayout, figures: list[Figure]) -> dict
             f"layout fidelity: {fidelity.get('arm')} arm's macro Dice on synthetic tiles": fmt(fidelity["macro_dice"]),
             "... on real validation tiles": fmt(fidelity.get("real_val_macro_dice")),
         })
+        robust = fidelity.get("stain_robust")
+        if robust:
+            out["headline"].update({
+                f"... by the stain-augmented {robust['arm']} arm (knows every stain): synthetic, real validation":
+                    f"{fmt(robust['macro_dice'])}, {fmt(robust.get('real_val_macro_dice'))}"})
     return out
 
 

@@ -1,5 +1,5 @@
 # Per-patient evaluation of every arm on the test slides, with paired comparisons to the baseline arm.
-from sedm.evaluation.layout_fidelity import baseline_arm
+from sedm.evaluation.layout_fidelity import baseline_arm, stain_robust_arm
 
 
 rule evaluate:
@@ -34,9 +34,11 @@ rule layout_fidelity:
         synthetic=expand(paths.synthetic, slide=UNLABELLED),
         config=stage_cfg("segmentation"),
         autoencoder=[paths.autoencoder] if config["diffusion"]["latent"] == "cohort" else [],
+        robust=[paths.seg_model.format(arm=stain_robust_arm(config))] if stain_robust_arm(config) else [],
     output:
         paths.layout_fidelity,
     params:
+        robust=lambda w, input: ["--stain-robust-model", *input.robust] if input.robust else [],
         # the ceiling of latent synthesis: the segmenter on the autoencoder's reconstructions of its
         # validation tiles (labelled stores: upstream of the segmenter already)
         autoencoder=lambda w, input: ["--autoencoder", *input.autoencoder, "--stores", *expand(paths.store,
@@ -53,4 +55,4 @@ rule layout_fidelity:
         ENV
     shell:
         "sedm layout-fidelity --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q}"
-        " --synthetic {input.synthetic:q} {params.autoencoder:q} --out {output:q} --log {log:q}"
+        " --synthetic {input.synthetic:q} {params.robust:q} {params.autoencoder:q} --out {output:q} --log {log:q}"
