@@ -131,3 +131,21 @@ def test_class_one_hots_fit_a_model_with_the_unknown_tissue_channel(model):
     pipe = StedmPipeline(model)
     short = torch.from_numpy(one_hot(labels, model.config.n_layout - 1))
     np.testing.assert_array_equal(pipe(short, styles, steps=2, seed=0), pipe(labels, styles, steps=2, seed=0))
+
+
+def test_stain_match_moves_each_tile_to_its_style(model):
+    from sedm.stain.statistics import mean_tissue_od
+
+    labels, _ = _batch()
+    styles = np.stack([np.full((2, 32, 32, 3), (120, 140, 220), np.uint8),   # blue
+                       np.full((2, 32, 32, 3), (190, 140, 90), np.uint8)])   # brown
+    target = np.stack([mean_tissue_od(s[0]) for s in styles])
+    pipe = StedmPipeline(model)
+    off = pipe(labels, styles, seed=0, steps=2)
+    on = pipe(labels, styles, seed=0, steps=2, stain_match=1.0)
+
+    def error(images):
+        return np.abs(np.stack([mean_tissue_od(im) for im in images]) - target).mean()
+
+    assert error(on) < 0.1 * error(off)
+    assert (np.abs(on.astype(int) - off.astype(int)).mean() > 1)

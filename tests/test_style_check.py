@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sedm.stain.statistics import mean_tissue_od, od_moments_torch, rgb_to_od, tissue_pixels
+from sedm.stain.statistics import match_od_means, mean_tissue_od, od_moments_torch, rgb_to_od, tissue_pixels
 from sedm.synthesis.style_check import StyleSet, separability, transfer_ratio, write_style_grid
 
 STAINS = {"pink": (225, 150, 200), "blue": (120, 140, 220), "brown": (190, 140, 90), "pale": (235, 205, 225)}
@@ -101,6 +101,47 @@ def test_od_moments_torch_match_numpy_definition():
     np.testing.assert_allclose(moments[0, :3], mean_tissue_od(img[0]), rtol=1e-4)
     np.testing.assert_allclose(moments[1, :3], rgb_to_od(img[1]).reshape(-1, 3).mean(0), rtol=1e-4)
     assert mean_tissue_od(img[1]) is None
+
+
+def _tensor(img):
+    return torch.from_numpy(np.moveaxis(np.asarray(img), -1, -3).astype(np.float32) / 127.5 - 1)
+
+
+def test_match_od_means_moves_tissue_od_to_the_style_and_keeps_glass():
+    tile = _patches(STAINS["pink"], n=2, size=24, seed=5)
+    tile[:, :, :8] = 255  # glass: OD 0, must stay white
+    style = np.stack([_patches(STAINS["blue"], seed=6), _patches(STAINS["brown"], seed=7)])  # (2, 4, 16, 16, 3)
+    target = np.stack([mean_tissue_od(np.concatenate(list(s))) for s in style])
+    before = np.stack([mean_tissue_od(t) for t in tile])
+
+    def matched(strength):
+        out = match_od_means(_tensor(tile), _tensor(style), strength)
+        return np.moveaxis(np.round((out.numpy() + 1) * 127.5), 1, -1).astype(np.uint8)
+
+    full = matched(1.0)
+    after = np.stack([mean_tissue_od(t) for t in full])
+    np.testing.assert_allclose(after, target, rtol=0.03)  # each tile to its own style, not the other's
+    assert np.abs(after - before).min() > 0.05
+    assert (full[:, :, :8] == 255).all()
+    np.testing.assert_array_equal(matched(0.0), tile)
+    half = np.stack([mean_tissue_od(t) for t in matched(0.5)])
+    np.testing.assert_allclose(half, np.sqrt(before * target), rtol=0.05)  # geometric halfway
+
+
+def test_transfer_ratio_of_a_style_blind_generator_comes_only_from_stain_matching():
+    """The transfer measure must fail a generator that ignores style; stain matching alone passes it,
+    which is why the report shows the random-init model's transfer (matched the same way) beside it."""
+    labels, styles = _labels(), _styles()
+
+    def blind(lab, sty, seed):
+        return np.broadcast_to(np.array(STAINS["pink"], np.uint8), (*lab.shape, 3)).copy()
+
+    def blind_matched(lab, sty, seed):
+        out = match_od_means(_tensor(blind(lab, sty, seed)), _tensor(sty), 1.0)
+        return np.moveaxis(np.round((out.numpy() + 1) * 127.5), 1, -1).astype(np.uint8)
+
+    assert transfer_ratio(blind, labels, styles, seed=0)[0]["median"] < 0.05
+    assert transfer_ratio(blind_matched, labels, styles, seed=0)[0]["median"] > 0.8
 
 
 def test_style_grid_has_a_row_per_layout_and_a_column_per_source(tmp_path):

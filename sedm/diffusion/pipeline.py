@@ -20,6 +20,8 @@ Usage (what ``sedm synthesize`` / ``sedm stylize`` build on)::
   ``strength`` (0 = return them unchanged, 1 = ignore them), e.g. to restain a real patch to another
   slide's style while keeping its structure (``stylize``). Without a mask, a layout of the image's
   tissue as "tissue, class unknown" conditions it (models trained with layout dropout).
+* ``stain_match`` (0-1): after decoding, scale each tile's optical density toward the style patches'
+  mean (:func:`sedm.stain.statistics.match_od_means`); 0 leaves colour to the model alone.
 
 The loop itself is in :meth:`StedmPipeline.__call__` and reads top to bottom: encode style, draw
 noise, then per timestep one (doubled-batch) UNet call, guidance, one scheduler step; decode.
@@ -35,6 +37,7 @@ from sedm.diffusion.schedulers import sampling_scheduler
 from sedm.errors import InputError
 from sedm.labels import one_hot
 from sedm.models.stedm import StedmModel, StyleCondition
+from sedm.stain.statistics import match_od_means
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -115,7 +118,7 @@ class StedmPipeline:
     def __call__(self, layouts: ArrayLike, style_images: ArrayLike, *, guidance_scale: float | None = None,
                  guidance_rescale: float | None = None, steps: int | None = None, sampler: str | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None,
-                 init_images: ArrayLike | None = None, strength: float = 1.0,
+                 init_images: ArrayLike | None = None, strength: float = 1.0, stain_match: float = 0.0,
                  progress: bool = False) -> np.ndarray:
         """Generate one image per layout; returns (B, H, W, 3) uint8. Defaults come from the model config."""
         model, cfg, device = self.model, self.model.config, self.device
@@ -166,4 +169,4 @@ class StedmPipeline:
             pred = guided_prediction(model, x_in, t, layout, style, null, scale, rescale)
             x = scheduler.step(pred, t, x, generator=generator).prev_sample
 
-        return tensor_to_uint8(model.codec.decode(x, layout, style.stain))
+        return tensor_to_uint8(match_od_means(model.codec.decode(x, layout, style.stain), styles, stain_match))

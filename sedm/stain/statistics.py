@@ -28,6 +28,8 @@ TISSUE_MAX = 230
 """A pixel is tissue when its darkest channel is below this (8-bit grey level)."""
 HED_CHANNELS = ("H", "E", "D")
 OD_CHANNELS = ("R", "G", "B")
+OD_MATCH_MAX_FACTOR = 10.0
+"""The most :func:`match_od_means` scales a channel's optical density by (or divides it by)."""
 
 
 def tissue_pixels(rgb: np.ndarray) -> np.ndarray:
@@ -96,6 +98,28 @@ def od_moments_torch(images: torch.Tensor) -> torch.Tensor:
         mean = (od * weight).sum(-1)
         var = ((od - mean[..., None]) ** 2 * weight).sum(-1)
         return torch.cat([mean, var.clamp_min(0).sqrt()], dim=1)
+
+
+def match_od_means(images: "torch.Tensor", style_images: "torch.Tensor", strength: float) -> "torch.Tensor":
+    """(B, 3, H, W) images and (B, N, 3, h, w) style patches, both in [-1, 1] -> the images with the
+    optical density of each RGB channel scaled so that its tissue mean moves ``strength`` of the way
+    (geometrically) to the style patches' mean.
+
+    A multiplicative change of dye amount, as Beer-Lambert has it: glass (OD 0) stays glass, structure
+    and the ratio of dark to light stay, only how much each channel absorbs changes. Factors are clamped
+    to [1/:data:`OD_MATCH_MAX_FACTOR`, :data:`OD_MATCH_MAX_FACTOR`] so a near-empty tile cannot blow up."""
+    import torch  # here, not at the top: see the module docstring
+
+    if strength <= 0:
+        return images
+    b, n = style_images.shape[:2]
+    target = od_moments_torch(style_images.flatten(0, 1)).view(b, n, -1).mean(1)[:, :3]
+    current = od_moments_torch(images)[:, :3]
+    factor = (target / current.clamp_min(1e-3)).clamp(1 / OD_MATCH_MAX_FACTOR, OD_MATCH_MAX_FACTOR) ** strength
+    with torch.no_grad():
+        levels = torch.round((images.float().clamp(-1, 1) + 1) * 127.5)
+        od = od_of_levels(levels, torch.log) * factor[:, :, None, None]
+        return ((256.0 * torch.exp(-od) - 1.0) / 127.5 - 1.0).clamp(-1, 1).to(images.dtype)
 
 
 @dataclass

@@ -20,6 +20,11 @@ from sedm.errors import InputError
 SETTINGS = ("sampler", "steps", "guidance_scale", "guidance_rescale")
 
 
+def sampling_options(syn: dict[str, Any]) -> dict[str, Any]:
+    """The config ``synthesis`` section's sampling options, as :class:`Generator` takes them."""
+    return {k: syn[k] for k in (*SETTINGS, "stain_match")}
+
+
 @cache
 def _sha256(path: Path, mtime_ns: int, size: int) -> str:
     h = hashlib.sha256()
@@ -66,7 +71,7 @@ class Generator:
 
     def __init__(self, model_dir: str | Path, *, device: str = "cpu", sampler: str | None = None,
                  steps: int | None = None, guidance_scale: float | None = None,
-                 guidance_rescale: float | None = None) -> None:
+                 guidance_rescale: float | None = None, stain_match: float = 0.0) -> None:
         from sedm.diffusion.pipeline import StedmPipeline
         from sedm.models.io import load_model
 
@@ -75,16 +80,23 @@ class Generator:
         self.config = self.model.config
         self.pipeline = StedmPipeline(self.model)
         self.settings = self.resolve_settings(self.config.to_dict(), sampler=sampler, steps=steps,
-                                              guidance_scale=guidance_scale, guidance_rescale=guidance_rescale)
+                                              guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
+                                              stain_match=stain_match)
         self.weights_sha256 = model_sha256(self.model_dir)
 
+    @classmethod
+    def for_synthesis(cls, model_dir: str | Path, syn: dict[str, Any], device: str) -> "Generator":
+        """A generator drawing as the config's ``synthesis`` section says."""
+        return cls(model_dir, device=device, **sampling_options(syn))
+
     @staticmethod
-    def resolve_settings(model_config: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    def resolve_settings(model_config: dict[str, Any], *, stain_match: float = 0.0, **overrides: Any) -> dict[str, Any]:
         """Sampling settings: each override, or the model's default where it is None."""
         out = {k: model_config[k] if overrides.get(k) is None else overrides[k] for k in SETTINGS}
         out["steps"] = int(out["steps"])
         out["guidance_scale"] = float(out["guidance_scale"])
         out["guidance_rescale"] = float(out["guidance_rescale"])
+        out["stain_match"] = float(stain_match)
         return out
 
     @property

@@ -245,8 +245,7 @@ def measure(config: dict[str, Any], model_dir: str | Path, labelled: Sequence[st
         mcfg, labelled, style_stores, seed=seed, n_layouts=int(check["layouts"]),
         n_encoder_patches=int(check["encoder_patches"]), min_tissue_fraction=syn["style_min_tissue_fraction"],
         class_weights=syn["class_weights"])
-    generator = Generator(model_dir, device=device, sampler=syn["sampler"], steps=syn["steps"],
-                          guidance_scale=syn["guidance_scale"], guidance_rescale=syn["guidance_rescale"])
+    generator = Generator.for_synthesis(model_dir, syn, device)
     measures, outputs = style_measures(generator, labels, styles, enc_patches, seed)
     result = {
         "model": str(model_dir),

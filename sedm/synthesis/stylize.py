@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", choices=("ddim", "dpmpp"), help="sampler (default: the model's)")
     parser.add_argument("--guidance-scale", type=float, help="style guidance scale (default: the model's)")
     parser.add_argument("--guidance-rescale", type=float, help="guidance std-rescale (default: the model's)")
+    parser.add_argument("--stain-match", type=float, default=0.0,
+                        help="0-1: scale the output's optical density toward the style patches' mean "
+                             "(synthesis.stain_match; default 0, colour from the model alone)")
     parser.add_argument("--seed", type=int, default=0, help="seed of style draws and noise")
     parser.add_argument("--min-tissue-fraction", type=float, default=0.5,
                         help="style patches come from tiles (or crops of style images) with at least this "
@@ -256,6 +259,8 @@ def run(args: argparse.Namespace) -> int:
     from sedm.models.io import read_model_config
     from sedm.runtime.devices import resolve_device
 
+    if not 0.0 <= args.stain_match <= 1.0:
+        raise InputError(None, "--stain-match", f"{args.stain_match} is outside [0, 1]", "use e.g. 1 or 0")
     if not 0.0 < args.strength <= 1.0:
         raise InputError(None, "--strength", f"{args.strength} is outside (0, 1]", f"use e.g. {DEFAULT_STRENGTH}")
     mcfg = read_model_config(args.model)["model"]
@@ -266,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
     style = style_source(args, mcfg)
     generator = Generator(args.model, device=str(resolve_device(args.device)), sampler=args.sampler,
                           steps=args.steps, guidance_scale=args.guidance_scale,
-                          guidance_rescale=args.guidance_rescale)
+                          guidance_rescale=args.guidance_rescale, stain_match=args.stain_match)
     scale = input_scale(args.mpp, mcfg)
     records = stylize(pairs, style, generator, args.out, strength=args.strength, seed=args.seed, scale=scale)
     summary = {k: _median([r[k] for r in records]) for k in ("colour_transfer", "ssim_luminance",

@@ -28,7 +28,7 @@ from sedm.labels import class_values
 from sedm.seeds import rng_for
 from sedm.stain.statistics import HedAccumulator
 from sedm.synthesis.counts import samples_for_slide
-from sedm.synthesis.generate import Generator, check_model, model_mpp, model_sha256
+from sedm.synthesis.generate import Generator, check_model, model_mpp, model_sha256, sampling_options
 from sedm.synthesis.layouts import LayoutSampler
 from sedm.synthesis.montage import write_montage
 from sedm.synthesis.shards import Shard, ShardDir, assemble_store, partial_dir, plan_shards
@@ -174,8 +174,7 @@ def synthesize(job: Job, montage: str | Path, stats_path: str | Path, device: st
     if len(todo) < len(plan):
         log.info("resuming %s: %d of %d shards already done", job.out, len(plan) - len(todo), len(plan))
     if todo:
-        generator = Generator(job.model_dir, device=device, sampler=syn["sampler"], steps=syn["steps"],
-                              guidance_scale=syn["guidance_scale"], guidance_rescale=syn["guidance_rescale"])
+        generator = Generator.for_synthesis(job.model_dir, syn, device)
         with StopSignals() as signals:
             for shard in tqdm(todo, desc=f"synthesis {job.styles.slide_id}", unit="shard"):
                 made = make_shard(job, generator, shard, stop=lambda: signals.requested is not None)
@@ -189,9 +188,7 @@ def synthesize(job: Job, montage: str | Path, stats_path: str | Path, device: st
                     return EXIT_REQUEUE
         settings = generator.settings
     else:
-        settings = Generator.resolve_settings(job.model_config, sampler=syn["sampler"], steps=syn["steps"],
-                                              guidance_scale=syn["guidance_scale"],
-                                              guidance_rescale=syn["guidance_rescale"])
+        settings = Generator.resolve_settings(job.model_config, **sampling_options(syn))
     _assemble(job, work, plan, settings, montage, stats_path)
     work.remove()
     return 0
