@@ -88,8 +88,7 @@ def layout_fidelity(config: dict, model_dir: Path, labelled: list[Path], unlabel
     mcfg = dict(check_model(model_dir, config["classes"]), patch_size=int(syn["patch_size"]))
     labels, styles, _ = style_inputs(mcfg, labelled, unlabelled, seed=seed, n_layouts=n_layouts,
                                      n_encoder_patches=1, min_tissue_fraction=syn["style_min_tissue_fraction"])
-    generate = Generator(model_dir, sampler=syn["sampler"], steps=syn["steps"], guidance_scale=syn["guidance_scale"],
-                         guidance_rescale=syn["guidance_rescale"])
+    generate = Generator.for_synthesis(model_dir, syn, "cpu")
     segment, meta = load_segmenter(segmenter, torch.device("cpu"))
     robust = load_segmenter(robust_segmenter, torch.device("cpu"))[0] if robust_segmenter else None
     codec = generate.model.codec
