@@ -97,6 +97,7 @@ def write_results(root: Path, class_name: str = "tumour") -> None:
                      "pairs": [{"a": "U1", "b": "U2", "style_distance": 0.2, "output_distance": 0.13086,
                                 "ratio": 0.6543, "output_glass": False}]},
         "transfer_random_init": {"median": 0.4124, "min": -0.5057, "n_pairs": 1},
+        "sampling": {"sampler": "dpmpp", "steps": 15, "stain_match": 0.5},
         "separability": {"trained": 7.25, "random_init": 0.0812, "patches_per_slide": 16}}))
     _png(root / "synthesis/style_grid.png", (120, 60, 160), (200, 150))
     (root / "eval").mkdir()
@@ -247,6 +248,7 @@ def test_full_report_shows_every_section_deterministically(cohort, tmp_path):
     for number in ("0.654", "0.312", "0.412, -0.506", "7.250", "0.081", "0.457", "0.789", "0.601, 0.812"):
         assert number in transfer, number
     assert "<td>U1</td><td>U2</td>" in transfer and "style_grid" in {f.name for f in figures}
+    assert "synthesis.stain_match" in transfer and "measures the matching" in _text(transfer)
     # per-class numbers as the summary holds them; confusion matrices are not shown
     assert "pooled_dice" in text and "[[0, 1]" not in text
     # best and worst patient of the stedm arm, with their slides, for every arm
