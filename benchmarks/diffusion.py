@@ -8,10 +8,12 @@
    is the reference; DPM-Solver++ and DDIM at 10-25 steps are scored by their distance to it (RMSE
    in [0, 1] intensity, and PSNR) and by seconds per image. A sampler that lands close to DDIM-128 in
    a fraction of the steps gives the same images for a fraction of the cost.
-4. Style measures (``sedm.synthesis.style_check``): transfer ratio over the pairs of style sources and
+4. Batch table: seconds per image of DPM-Solver++ (15 steps) at each ``--batches`` size, against the
+   first size in the same run (``synthesis.batch_size``).
+5. Style measures (``sedm.synthesis.style_check``): transfer ratio over the pairs of style sources and
    the separability of single-patch style vectors (next to a randomly initialised model's), on the toy
    stores plus one toy stain the model never trained on, or on ``--style-stores`` with ``--model``.
-5. On CUDA only: the ``paper`` preset's training img/s with bf16 + channels_last, with and without
+6. On CUDA only: the ``paper`` preset's training img/s with bf16 + channels_last, with and without
    ``torch.compile``, on inputs already on the GPU; then the real trainer (loading from Zarr stores with
    0, 4 and 8 loader workers) to see whether data loading keeps up; sampling img/s in bf16 and fp32.
    (Skipped with a note on machines without CUDA.)
@@ -89,6 +91,22 @@ def _sample(pipe: StedmPipeline, layout, style, sampler: str, steps: int, seed: 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return out, time.perf_counter() - t0
+
+
+def batch_table(model, layout, style, batches: tuple[int, ...], steps: int = 15, seed: int = 0) -> list[dict]:
+    """Seconds per image of DPM-Solver++ at ``steps`` for each batch size (``synthesis.batch_size``), the
+    first images of ``layout``/``style`` repeated to fill the largest batch; speed against batch 1 in the
+    same run."""
+    pipe = StedmPipeline(model)
+    rows = []
+    for b in batches:
+        idx = np.arange(b) % len(layout)
+        _, sec = _sample(pipe, layout[idx], style[idx], "dpmpp", steps, seed)
+        rows.append({"batch": b, "steps": steps, "s_per_image": round(sec / b, 4)})
+    base = rows[0]["s_per_image"]
+    for r in rows:
+        r["speed_vs_first"] = round(base / r["s_per_image"], 2)
+    return rows
 
 
 def sampler_table(model, layout, style, seed: int = 0, ref_steps: int = 128,
@@ -237,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--n-images", type=int, default=4, help="images per sampler run")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16, 32],
+                        help="synthesis batch sizes to time (DPM-Solver++ 15 steps)")
     parser.add_argument("--skip-cuda", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -255,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         _, sec = _sample(pipe, layout, style, "dpmpp", 20, 0)
         sample_img_s = len(layout) / sec
         rows, ddim128_s = sampler_table(model, layout, style)
+        batches = batch_table(model, layout, style, tuple(args.batches))
         if args.model:
             style_result = style_figures(Path(args.model), stores or [],
                                          [Path(s) for s in args.style_stores or stores or []])
@@ -267,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['sampler']:8} {r['steps']:5d} {r['rmse_to_ddim128']:14.4f} {r['psnr_db'] or float('nan'):8.2f} "
               f"{r['s_per_image']:8.3f} {ddim128_s / max(r['s_per_image'], 1e-9):8.1f}x")
+    print(f"\n{'batch':>5} {'s/img':>8} {'speed vs batch ' + str(batches[0]['batch']):>18}")
+    for r in batches:
+        print(f"{r['batch']:5d} {r['s_per_image']:8.3f} {r['speed_vs_first']:17.2f}x")
     cuda = {"skipped": "--skip-cuda"} if args.skip_cuda else cuda_paper_bench()
     result = {
         "device": "cuda" if torch.cuda.is_available() and not args.skip_cuda else "cpu",
@@ -277,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "sample_setting": "dpmpp 20 steps, guidance 1.5 (2 UNet calls/step)",
         "sampler_model": args.model or "tiny trained in this run",
         "sampler_table": rows,
+        "batch_table": batches,
         "style": style_result,
         "cuda_paper": cuda,
     }

@@ -48,3 +48,14 @@ def test_style_figures_of_a_model_on_toy_stores(bench, tmp_path):
     assert out["transfer_pairs"] == 3
     assert np.isfinite(out["transfer_ratio_min"]) and out["transfer_ratio_min"] <= out["transfer_ratio_median"]
     assert out["separability_trained"] > 0 and out["separability_random_init"] > 0
+
+
+def test_batch_table_times_every_batch_against_the_first(bench):
+    model = micro_model().eval()
+    labels = np.zeros((2, 32, 32), np.uint8)
+    labels[1, :, 16:] = 1
+    style = np.full((2, 2, 32, 32, 3), 180, np.uint8)
+    rows = bench.batch_table(model, labels, style, (1, 3), steps=2)
+    assert [r["batch"] for r in rows] == [1, 3] and rows[0]["speed_vs_first"] == 1.0
+    assert all(r["s_per_image"] > 0 and r["steps"] == 2 for r in rows)
+    assert rows[1]["speed_vs_first"] == round(rows[0]["s_per_image"] / rows[1]["s_per_image"], 2)
