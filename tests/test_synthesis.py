@@ -315,3 +315,15 @@ def test_make_model_loads(tmp_path):
 
     m = load_model(make_model(tmp_path / "m"))
     assert m.config.classes == CLASSES and m.config.patch_size == PATCH
+
+
+def test_stain_match_restains_the_set_toward_its_style_slide(world, baseline, tmp_path):
+    code, store = run_synth(world, tmp_path, stain_match=1.0)
+    assert code == 0
+    images, labels, attrs = arrays(store)
+    base_images, base_labels, base_attrs = arrays(baseline[1])
+    assert (attrs["stain_match"], base_attrs["stain_match"]) == (1.0, 0.0)
+    np.testing.assert_array_equal(labels, base_labels)  # same layouts, same noise: only colour differs
+    matched = json.loads((tmp_path / "U1.stats.json").read_text())
+    plain = json.loads((baseline[0] / "U1.stats.json").read_text())
+    assert matched["hed_distance"] < 0.9 * plain["hed_distance"]  # an untrained model's tiles: clamped factors
