@@ -132,3 +132,16 @@ def test_unreadable_style_image_is_an_input_error(model, tmp_path, capsys):
     assert stylize(model, tmp_path / "o", "--style-images", str(styles), "--input", str(tmp_path / "a.png")) == 2
     err = capsys.readouterr().err
     assert "notes.png" in err and "not a readable image" in err
+
+
+def test_stain_match_moves_colour_toward_the_style_and_is_range_checked(model, inputs, tmp_path, capsys):
+    d, _, _ = inputs
+    style = make_store(tmp_path / "S.zarr", "S", labelled=False, tissue_tiles={(1, 1)}, tint=(90, 60, 160))
+    args = ["--style-slide", str(style), "--input", str(d / "b.png"), "--seed", "1"]
+    assert stylize(model, tmp_path / "plain", *args) == 0
+    assert stylize(model, tmp_path / "matched", *args, "--stain-match", "1") == 0
+    plain, matched = (json.loads((tmp_path / n / "stylize.json").read_text()) for n in ("plain", "matched"))
+    assert matched["stain_match"] == 1.0 and plain["stain_match"] == 0.0
+    assert matched["images"][0]["colour_transfer"] > plain["images"][0]["colour_transfer"]
+    assert stylize(model, tmp_path / "o", *args, "--stain-match", "1.5") == 2
+    assert "--stain-match" in capsys.readouterr().err
