@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# One config truth: a run uses exactly the file given with --configfile (schema defaults for the keys it
+# leaves out); the demo's config.yaml is read only when no --configfile is given, never merged under one.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"

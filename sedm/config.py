@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -37,7 +38,7 @@ def load_schema(name: str) -> dict:
         return yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
-def _fill_defaults(schema: Mapping, value: Any) -> Any:
+def fill_defaults(schema: Mapping, value: Any) -> Any:
     """Return ``value`` with every missing key that has a schema default filled in (recursively)."""
     if schema.get("type") != "object" or not isinstance(value, dict):
         return value
@@ -46,7 +47,7 @@ def _fill_defaults(schema: Mapping, value: Any) -> Any:
         if key not in out and "default" in sub:
             out[key] = copy.deepcopy(sub["default"])
         if key in out:
-            out[key] = _fill_defaults(sub, out[key])
+            out[key] = fill_defaults(sub, out[key])
     return out
 
 
@@ -75,14 +76,22 @@ def _raise_first(errors: list, schema: Mapping, file: str | Path | None, prefix:
     if err.validator == "enum":
         fix = f"use one of {err.validator_value}"
     elif err.validator == "required":
-        fix = "add the missing key"
+        missing = next(k for k in err.validator_value if k not in err.instance)
+        field = prefix + ".".join([*(str(p) for p in path), missing])
+        described = _schema_at(schema, [*path, missing]).get("description")
+        fix = "add it" + (f": {' '.join(described.split())}" if described else "")
+        if missing == "classes" and not path:
+            fix += "; `sedm write-config --cohort SHEET` reads them from the sheet's GeoJSON exports"
+    elif err.validator == "type" and isinstance(err.instance, str):
+        fix += ("; a value set with `snakemake --config section={...}` arrives as text: set it in the config file "
+                "instead")
     raise InputError(file, field, err.message, fix)
 
 
 def validate_config(config: Mapping, file: str | Path | None = None) -> dict:
     """Validate a config mapping against the schema and return it with defaults filled in."""
     schema = load_schema("config")
-    filled = _fill_defaults(schema, dict(config))
+    filled = fill_defaults(schema, dict(config))
     validator = jsonschema.Draft202012Validator(schema)
     _raise_first(list(validator.iter_errors(filled)), schema, file)
     return filled
@@ -153,29 +162,74 @@ def _rows_to_check(df: pd.DataFrame, schema: Mapping) -> list[int]:
     return [i for i, b in enumerate(bad.tolist()) if b]
 
 
+_SEPARATORS = {",": "commas", ";": "semicolons"}
+_FIX_TSV = ("save the sheet as tab-separated text (Excel: 'Text (Tab delimited)'; LibreOffice: field "
+            "delimiter {Tab})")
+PATH_COLUMNS = ("slide_path", "annotation_path")
+"""Sheet columns holding file paths; relative ones are read from the sheet's folder."""
+
+
+def _sheet_text(path: Path) -> str:
+    """The sheet's text without its comment lines.
+
+    Only a line whose first character is ``#`` is a comment: a ``#`` inside a field (a folder named
+    ``case#12``) is data, which pandas' ``comment=`` would cut off mid-row.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, None, f"not UTF-8 text (byte {exc.start})", _FIX_TSV + " in UTF-8") from None
+    return "".join(line for line in text.splitlines(keepends=True) if not line.lstrip().startswith("#"))
+
+
+def _check_separator(path: Path, text: str) -> None:
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    if "\t" in header:
+        return
+    for sep, name in _SEPARATORS.items():
+        if sum(c in (p.strip() for p in header.split(sep)) for c in SAMPLE_COLUMNS) >= 2:
+            raise InputError(path, "header", f"the columns are separated by {name}, not tabs", _FIX_TSV)
+
+
+def sheet_path(sheet: str | Path, value: str) -> str:
+    """``value`` of a path column as an absolute path: relative paths are read from the sheet's folder,
+    so a sheet and its slides can move together and the workflow's working directory does not matter."""
+    if not value:
+        return ""
+    path = Path(value).expanduser()
+    return os.path.normpath(path if path.is_absolute() else Path(sheet).resolve().parent / path)
+
+
 def load_samples(path: str | Path) -> pd.DataFrame:
     """Read and validate a sample sheet; one row per slide, indexed by ``slide_id``.
 
-    Checks every row against ``samples.schema.yaml`` and that slide IDs are unique. File existence
-    is checked by the stage that opens the file (demo slides do not exist before the demo rule).
+    Checks every row against ``samples.schema.yaml``, that slide IDs are unique and that no file is
+    listed twice. Paths come back absolute (see :func:`sheet_path`). Whether the files exist and open
+    is checked by ``sedm validate`` and the workflow's start (:mod:`sedm.validate`): demo slides do not
+    exist before the demo rule.
     """
+    import io
+
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, None, "sample sheet does not exist",
+        raise InputError(path.absolute(), None, "sample sheet does not exist",
                          "set `samples` in the config to a TSV file with columns " + ", ".join(SAMPLE_COLUMNS))
-    try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
-    except pd.errors.EmptyDataError:
+    text = _sheet_text(path)
+    if not text.strip():
         raise InputError(path, None, "the file is empty", "write a header line naming "
-                         + ", ".join(SAMPLE_COLUMNS) + " and one tab-separated row per slide") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(path, None, f"not a readable TSV ({exc})", "save the sheet as tab-separated text") from None
+                         + ", ".join(SAMPLE_COLUMNS) + " and one tab-separated row per slide")
+    _check_separator(path, text)
+    try:
+        df = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as exc:
+        raise InputError(path, None, f"not a readable TSV ({exc})", _FIX_TSV) from None
+    df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in SAMPLE_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(path, ", ".join(missing), "missing column(s)",
-                         "the header must name " + ", ".join(SAMPLE_COLUMNS))
+                         "the tab-separated header must name " + ", ".join(SAMPLE_COLUMNS))
     if df.empty:
         raise InputError(path, None, "the sheet has a header but no slides", "add one row per slide")
     df = df.apply(lambda col: col.str.strip())
@@ -191,7 +245,25 @@ def load_samples(path: str | Path) -> pd.DataFrame:
         raise InputError(path, f"row {needs_ann.index[0] + 2} annotation_path",
                          f"slide {needs_ann['slide_id'].iloc[0]!r} has role {needs_ann['role'].iloc[0]!r} "
                          "but no annotation", "give labelled and test slides a GeoJSON, or mark the slide unlabelled")
-    return df.set_index("slide_id", drop=False)
+    given = {column: dict(zip(df["slide_id"], df[column])) for column in PATH_COLUMNS}
+    for column in PATH_COLUMNS:
+        df[column] = [sheet_path(path, v) for v in df[column]]
+        _check_listed_once(path, df, column)
+    df = df.set_index("slide_id", drop=False)
+    df.attrs["given"] = given  # the paths as written, for messages about relative ones
+    return df
+
+
+def _check_listed_once(sheet: Path, df: pd.DataFrame, column: str) -> None:
+    """The same file under two slide IDs: a slide in training and test at once, or one slide's
+    annotations on another (found here by path; ``sedm validate`` also compares contents)."""
+    listed = df.loc[df[column] != "", ["slide_id", column]]
+    twice = listed[listed[column].duplicated(keep=False)]
+    if len(twice):
+        first = twice[column].iloc[0]
+        ids = twice.loc[twice[column] == first, "slide_id"].tolist()
+        raise InputError(sheet, column, f"{first} is listed for slides {', '.join(ids)}",
+                         "give each slide its own file; a slide scanned twice is one slide: keep one row")
 
 
 def check_pyramid(config: Mapping, file: str | Path | None = None) -> None:
@@ -221,8 +293,11 @@ def check_cohort(config: Mapping, samples: pd.DataFrame, config_file: str | Path
     purpose (an unlabelled slide of a test patient is a style source of the synthetic arms, allowed
     by ``evaluation.allow_test_patient_styles``).
     """
+    from sedm.labels import check_class_map
+
     sheet = samples_file or config["samples"]
     check_pyramid(config, config_file)
+    check_class_map(config["class_map"], config["classes"], config_file)
     arms = config["segmentation"]["arms"]
     if config["evaluation"]["baseline"] not in arms:
         raise InputError(config_file, "evaluation.baseline", f"{config['evaluation']['baseline']!r} is not an arm",
@@ -230,6 +305,12 @@ def check_cohort(config: Mapping, samples: pd.DataFrame, config_file: str | Path
     if not (samples["role"] == "labelled").any():
         raise InputError(sheet, "role", "no slide has role 'labelled'; diffusion and segmentation train on them",
                          "mark at least one annotated slide labelled")
+    synthetic = [name for name, arm in arms.items() if arm["synthetic"]]
+    if synthetic and not (samples["role"] == "unlabelled").any():
+        raise InputError(sheet, "role", f"arm(s) {', '.join(synthetic)} train on synthetic data, but no slide is "
+                         "unlabelled: synthesis draws its styles from the unlabelled slides",
+                         "add unlabelled slides (other patients, labs, scanners) or remove those arms from "
+                         "segmentation.arms")
     test = _patients(samples, "test")
     if both := test & _patients(samples, "labelled"):
         raise InputError(sheet, "patient_id", f"patient(s) {_listed(both)} have labelled and test slides: the "
@@ -242,9 +323,70 @@ def check_cohort(config: Mapping, samples: pd.DataFrame, config_file: str | Path
                          "stain on purpose, set evaluation.allow_test_patient_styles: true in the config")
 
 
+def require_samples(config: Mapping, config_file: str | Path | None = None) -> str:
+    """The sample sheet a workflow run reads: the schema gives ``samples`` no default (a real cohort
+    must never fall back on the demo's sheet)."""
+    if not config.get("samples"):
+        raise InputError(config_file, "samples", "no sample sheet given",
+                         "add `samples: path/to/samples.tsv` (columns " + ", ".join(SAMPLE_COLUMNS) + ")")
+    return config["samples"]
+
+
+def cohort_warnings(config: Mapping, samples: pd.DataFrame) -> list[str]:
+    """What runs but is probably not what the user wants: printed by `sedm validate` and at the
+    workflow's start, never silent."""
+    out = []
+    synthetic = [name for name, arm in config["segmentation"]["arms"].items() if arm["synthetic"]]
+    n_unlabelled = int((samples["role"] == "unlabelled").sum())
+    if synthetic and n_unlabelled == 1:
+        out.append("one unlabelled slide: the style check (does the model follow its style patches, "
+                   "compared across slides) needs two and is left out of the run and the report")
+    if not (samples["role"] == "test").any():
+        out.append("no slide has role 'test': the arms are trained but not evaluated (no per-patient results)")
+    if not config["demo"]["enabled"] and (demo := demo_settings(config)):
+        shown = ", ".join(f"{k}: {v!r} (default {d!r})" for k, v, d in demo[:6])
+        more = f" and {len(demo) - 6} more" if len(demo) > 6 else ""
+        out.append(f"{len(demo)} settings are the demo's small CPU values, not the defaults for a real cohort: "
+                   f"{shown}{more}. Remove them to get the defaults (or start from `sedm write-config --cohort "
+                   "SHEET`); keep them only on purpose")
+    return out
+
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+"""The demo's config (the repository's top-level config.yaml): its values are what a config copied from
+it carries over. Absent in an installed wheel, where nothing is compared."""
+
+_NOT_DEMO_SIZED = ("samples", "results", "seed", "classes", "class_map", "demo", "sedm_version")
+
+
+def demo_settings(config: Mapping, demo_file: Path = DEMO_CONFIG) -> list[tuple[str, Any, Any]]:
+    """(key, value, schema default) of every setting that equals the demo config's value where that
+    differs from the schema default: the small CPU sizes a config copied from config.yaml still has."""
+    if not demo_file.is_file():
+        return []
+    demo = yaml.safe_load(demo_file.read_text()) or {}
+    defaults = fill_defaults(load_schema("config"), {})
+    found: list[tuple[str, Any, Any]] = []
+
+    def walk(mine: Any, theirs: Any, default: Any, key: str) -> None:
+        if isinstance(theirs, Mapping) and isinstance(mine, Mapping) and isinstance(default, Mapping):
+            for k, v in theirs.items():
+                if k in mine and k in default and k not in RUNTIME_KEYS:
+                    walk(mine[k], v, default[k], f"{key}.{k}" if key else k)
+        elif mine == theirs and theirs != default:
+            found.append((key, mine, default))
+
+    walk({k: v for k, v in config.items() if k not in _NOT_DEMO_SIZED}, demo, defaults, "")
+    return sorted(found, key=lambda f: f[0].rsplit(".", 1)[-1] not in _TELLING)  # stable: schema order next
+
+
+_TELLING = ("preset", "max_steps")
+"""Demo settings named first: the ones that make a model a toy."""
+
+
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "demo": ("classes", "demo"),
-    "tiling": ("classes", "slides", "tissue", "tiling"),
+    "tiling": ("classes", "class_map", "slides", "tissue", "tiling"),
     "autoencoder": ("seed", "classes", "autoencoder"),
     "diffusion": ("seed", "classes", "diffusion"),
     "synthesis": ("seed", "classes", "synthesis"),

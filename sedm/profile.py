@@ -146,5 +146,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     path = install(args.name, args.dest, force=args.force, **options)
     use = args.name if args.dest is None else str(path.parent)
-    print(f"wrote {path}; run the workflow with: snakemake --profile {use}", file=sys.stderr)
+    print(f"wrote {path}; run your cohort with: snakemake --profile {use} --configfile YOUR_CONFIG.yaml "
+          "(without --configfile it runs the demo; `sedm write-config --cohort SHEET` writes a config)",
+          file=sys.stderr)
     return 0

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from sedm.tiling.annotations import Annotation, AnnotationIndex, check_fit, load_geojson, rasterize
+from sedm.tiling.annotations import Annotation, AnnotationIndex, check_fit, class_areas, load_geojson, rasterize
 from sedm.errors import InputError
-from sedm.labels import UNANNOTATED, class_values
+from sedm.labels import IGNORE, UNANNOTATED, check_class_map, class_values
 
 CLASSES = ["stroma", "tumor"]
 STROMA, TUMOR = class_values(CLASSES)["stroma"], class_values(CLASSES)["tumor"]
@@ -227,3 +227,87 @@ def test_sparse_annotation_partly_beyond_the_edge_passes():
     sparse = [Annotation("tumor", box(200, 300, 300, 400)), Annotation("stroma", box(1150, 300, 1250, 400))]
     share = check_fit("a.geojson", sparse, CLASSES, (1200, 1000), TISSUE, 0.1, 0.005)
     assert share == pytest.approx((100 + 0) / 6000)  # the second lies beyond the tissue (x < 1100)
+
+
+# -- class_map: QuPath names to classes or "ignore" --------------------------------------------------
+def test_class_map_maps_qupath_names_to_classes(tmp_path):
+    path = _write(tmp_path, [_feature(SQUARE, "Tumor"), _feature(SQUARE, "Stroma"), _feature(SQUARE, "stroma")])
+    anns = load_geojson(path, CLASSES, {"Tumor": "tumor", "Stroma": "stroma"})
+    assert [a.class_name for a in anns] == ["tumor", "stroma", "stroma"]
+
+
+def test_class_map_patterns_with_exact_keys_and_classes_first(tmp_path):
+    names = ["Tumor: positive", "Tumor: negative", "Tumor: stroma-like", "Ignore*", "Ignore (pen mark)", "stroma"]
+    path = _write(tmp_path, [_feature(SQUARE, n) for n in names])
+    class_map = {"Tumor*": "tumor", "Tumor: stroma-like": "stroma", "Ignore*": "ignore", "*itive": "stroma"}
+    with pytest.raises(InputError) as e:  # "Tumor: positive": "Tumor*" or "*itive"? Neither is more specific
+        load_geojson(path, CLASSES, class_map)
+    assert e.value.field == "class_map" and "'Tumor: positive'" in e.value.problem
+    assert "['*itive', 'Tumor*']" in e.value.problem and "exact class_map entry for 'Tumor: positive'" in e.value.fix
+    del class_map["*itive"]
+    anns = load_geojson(path, CLASSES, class_map)
+    assert [a.class_name for a in anns] == ["tumor", "tumor", "stroma", IGNORE, IGNORE, "stroma"]
+    # the more specific pattern wins over a catch-all; a name that is a class stays that class
+    assert [a.class_name for a in load_geojson(path, CLASSES, {"*": "tumor", "Ignore*": "ignore"})] == \
+        ["tumor", "tumor", "tumor", IGNORE, IGNORE, "stroma"]
+
+
+def test_ignore_region_takes_out_the_class_regions_it_overlaps(tmp_path):
+    """An Ignore* region larger than the tumour it lies over is still drawn on top of it."""
+    tumour = [[[0, 0], [6, 0], [6, 6], [0, 6], [0, 0]]]  # 36 px
+    ignore = [[[3, 0], [12, 0], [12, 8], [3, 8], [3, 0]]]  # 72 px, over the tumour's right half
+    path = _write(tmp_path, [_feature(tumour, "tumor"), _feature(ignore, "Ignore*")])
+    anns = load_geojson(path, CLASSES, {"Ignore*": "ignore"})
+    got = rasterize(anns, CLASSES, shape=(10, 14), scale=1.0)
+    expected = np.full((10, 14), UNANNOTATED, dtype=np.uint8)
+    expected[0:6, 0:3] = TUMOR
+    np.testing.assert_array_equal(got, expected)
+    # the tissue share counts what is labelled, not what is ignored: 18 of the 60 tissue px
+    tissue = np.zeros((10, 14), dtype=bool)
+    tissue[0:6, 0:10] = True
+    assert check_fit(path, anns, CLASSES, (14, 10), tissue, 1.0, 0.0) == pytest.approx(18 / 60)
+
+
+def test_only_ignored_regions_label_nothing(tmp_path):
+    path = _write(tmp_path, [_feature(SQUARE, "Ignore*")])
+    with pytest.raises(InputError, match="mapped to ignore"):
+        load_geojson(path, CLASSES, {"Ignore*": "ignore"})
+
+
+def test_unknown_class_offers_classes_and_class_map(tmp_path):
+    path = _write(tmp_path, [_feature(SQUARE, "stroma"), _feature(SQUARE, "necrosis"), _feature(SQUARE, "Ignore*")])
+    with pytest.raises(InputError) as e:
+        load_geojson(path, CLASSES)
+    assert e.value.field == "properties.classification.name"
+    assert "['Ignore*', 'necrosis']" in e.value.problem and "['stroma', 'tumor']" in e.value.problem
+    fix = e.value.fix
+    assert fix.startswith('in the config, set class_map: {"Ignore*": ignore}')
+    assert "`classes`" in fix and "class_map to one of the classes or to ignore" in fix
+
+
+def test_misspelt_class_gets_a_did_you_mean(tmp_path):
+    classes = ["tumour", "stroma"]
+    path = _write(tmp_path, [_feature(SQUARE, "Tumor"), _feature(SQUARE, "ignore pen"), _feature(SQUARE, "fat")])
+    with pytest.raises(InputError) as e:
+        load_geojson(path, classes, {"Necrosis": "ignore"})
+    assert "'Tumor': did you mean 'tumour'?" in e.value.problem and "'fat'" in e.value.problem
+    assert "did you mean" not in e.value.problem.split("'Tumor': did you mean")[1]  # no guess for "fat"
+    assert e.value.fix.startswith('add these entries to the config\'s class_map: {"ignore pen": ignore, '
+                                  '"Tumor": "tumour"}')
+
+
+def test_class_map_targets_must_be_classes_or_ignore(tmp_path):
+    with pytest.raises(InputError) as e:
+        check_class_map({"Ignore*": "ignore", "Tumor": "tumour"}, CLASSES, "config.yaml")
+    assert e.value.file == "config.yaml" and e.value.field == "class_map.Tumor"
+    assert "'tumour'" in e.value.problem and "did you mean 'tumor'?" in e.value.problem
+    with pytest.raises(InputError, match=r"class_map\.Tumor"):
+        load_geojson(_write(tmp_path, [_feature(SQUARE, "Tumor")]), CLASSES, {"Tumor": "tumour"})
+    with pytest.raises(InputError) as e:
+        check_class_map({}, ["tumor", "ignore"], "config.yaml")
+    assert e.value.field == "classes" and "reserved" in e.value.problem
+
+
+def test_class_areas_are_per_exported_name(tmp_path):
+    path = _write(tmp_path, [_feature(SQUARE, "Ignore*"), _feature(SQUARE_HOLE, "Tumor"), _feature(SQUARE, "Tumor")])
+    assert class_areas(path) == {"Ignore*": 100, "Tumor": 96 + 100}

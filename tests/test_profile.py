@@ -78,7 +78,8 @@ def test_install_goes_where_snakemake_looks(tmp_path, monkeypatch, capsys):
     assert main(["profile", "install", "slurm", "--account", "lab", "--partition", "cpu"]) == 0
     path = tmp_path / "xdg/snakemake/slurm/config.yaml"
     assert yaml.safe_load(path.read_text())["default-resources"]["slurm_account"] == "'lab'"
-    assert "snakemake --profile slurm" in capsys.readouterr().err
+    # followed literally, the printed command runs the user's cohort, not the demo
+    assert "snakemake --profile slurm --configfile YOUR_CONFIG.yaml" in capsys.readouterr().err
     # an installed profile is never replaced silently
     assert main(["profile", "install", "slurm", "--account", "other", "--partition", "cpu"]) == 2
     assert "--force" in capsys.readouterr().err

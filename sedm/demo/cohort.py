@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,11 +83,12 @@ def slide_paths(out: str | Path, slide_id: str) -> tuple[str, str]:
     return f"{root}/slides/{slide_id}.tiff", f"{root}/annotations/{slide_id}.geojson"
 
 
-def sample_sheet(out: str | Path, slides: list[DemoSlide]) -> pd.DataFrame:
-    """The cohort's sample sheet (no rendering); unlabelled slides get an empty annotation_path."""
+def sample_sheet(out: str | Path, slides: list[DemoSlide], sheet_dir: str | Path) -> pd.DataFrame:
+    """The cohort's sample sheet (no rendering) to be saved in ``sheet_dir``: its paths are relative
+    to that folder, as sheets read them; unlabelled slides get an empty annotation_path."""
     rows = []
     for s in slides:
-        tiff, geojson = slide_paths(out, s.slide_id)
+        tiff, geojson = (os.path.relpath(p, sheet_dir) for p in slide_paths(out, s.slide_id))
         rows.append({"slide_id": s.slide_id, "patient_id": s.patient_id, "slide_path": tiff,
                      "annotation_path": "" if s.role == "unlabelled" else geojson, "role": s.role})
     return pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS))
@@ -130,7 +132,7 @@ def generate_cohort(out: str | Path, *, seed: int, size: int, mpp: float, labell
     for slide in tqdm(slides, desc="demo slides", unit="slide"):
         write_demo_slide(slide, out, seed=seed, size=size, mpp=mpp)
     sheet_path = Path(out) / "samples.tsv"
-    write_text(sheet_path, sample_sheet_text(sample_sheet(out, slides)))
+    write_text(sheet_path, sample_sheet_text(sample_sheet(out, slides, sheet_path.parent)))
     return sheet_path
 
 
@@ -151,7 +153,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
-    config = load_config(args.config) if args.config else validate_config({})
+    config = load_config(args.config) if args.config else validate_config({"classes": list(DEMO_CLASSES)})
     overrides = {"patients_labelled": args.patients_labelled, "patients_unlabelled": args.patients_unlabelled,
                  "patients_test": args.patients_test, "size": args.size, "seed": args.seed}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -174,15 +176,15 @@ def _sheet_slide(samples: str, slide_id: str, out: str) -> DemoSlide:
         raise InputError(samples, "slide_id", f"slide {slide_id!r} is not in the sample sheet",
                          f"pass one of its slide_ids ({listed}) to --slide, or add a row for {slide_id!r}")
     row = sheet.loc[slide_id]
-    tiff, geojson = slide_paths(out, slide_id)
-    if Path(row["slide_path"]) != Path(tiff):
+    tiff, geojson = (os.path.abspath(p) for p in slide_paths(out, slide_id))
+    if row["slide_path"] != tiff:
         raise InputError(samples, f"slide_path of {slide_id}",
-                         f"is {row['slide_path']!r} but demo-cohort writes {tiff!r}",
-                         f"set slide_path to {tiff!r}, or pass the folder the sheet points at as --out (demo.out)")
-    if row["annotation_path"] and Path(row["annotation_path"]) != Path(geojson):
+                         f"is {row['slide_path']} but demo-cohort writes {tiff}",
+                         f"set slide_path to {tiff}, or pass the folder the sheet points at as --out (demo.out)")
+    if row["annotation_path"] and row["annotation_path"] != geojson:
         raise InputError(samples, f"annotation_path of {slide_id}",
-                         f"is {row['annotation_path']!r} but demo-cohort writes {geojson!r}",
-                         f"set annotation_path to {geojson!r} (or leave it empty for an unlabelled slide)")
+                         f"is {row['annotation_path']} but demo-cohort writes {geojson}",
+                         f"set annotation_path to {geojson} (or leave it empty for an unlabelled slide)")
     return DemoSlide(slide_id=slide_id, patient_id=row["patient_id"], role=row["role"])
 
 

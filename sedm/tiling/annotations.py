@@ -11,7 +11,11 @@ What :func:`load_geojson` accepts (QuPath 0.2 - 0.5 "Export objects as GeoJSON")
   tiles and TMA cores are per-cell outputs of QuPath's own analyses, not region labels, and are
   skipped (counted in a log line);
 * unclassified annotations are skipped with a warning; every remaining class must be in the
-  config's ``classes`` (one InputError lists all unknown names);
+  config's ``classes`` or mapped by its ``class_map`` (:func:`sedm.labels.mapped_class`) to a class
+  or to ``ignore``; one InputError lists all unknown names, with the ``class_map`` entries that
+  would fix the likely ones (QuPath's ``Ignore*``, misspelt or differently capitalised classes);
+* regions mapped to ``ignore`` are label 0 (unannotated), drawn over every class region they
+  overlap, whatever their size: an Ignore* region inside a tumour takes that part out of it;
 * invalid geometries (self-crossing outlines) are repaired with ``shapely.make_valid``, which keeps
   both lobes of a figure-eight where ``buffer(0)`` would drop one; a geometry that has no area
   left after repair is an InputError, and so is a coordinate that is not a finite number (NaN,
@@ -29,7 +33,9 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +45,8 @@ from shapely.geometry import MultiPolygon, Polygon, box, shape
 from shapely.geometry.base import BaseGeometry
 
 from sedm.errors import InputError
-from sedm.labels import UNANNOTATED, class_values
+from sedm.labels import (IGNORE, QUPATH_IGNORE, UNANNOTATED, check_class_map, class_map_yaml, class_values,
+                         close_class, mapped_class)
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +56,77 @@ _FIX_JSON = "export the annotations again from QuPath (File > Export objects as 
 
 @dataclass(frozen=True)
 class Annotation:
-    class_name: str
+    class_name: str  # a class of the config's ``classes``, or IGNORE (after the class_map)
     geometry: BaseGeometry  # Polygon or MultiPolygon, level-0 pixel coordinates
 
 
-def load_geojson(path: str | Path, classes: list[str]) -> list[Annotation]:
-    """Classified polygon annotations of a QuPath GeoJSON export, validated against ``classes``."""
+def load_geojson(path: str | Path, classes: list[str],
+                 class_map: Mapping[str, str] | None = None) -> list[Annotation]:
+    """Classified polygon annotations of a QuPath GeoJSON export, their QuPath class names mapped by
+    the config's ``class_map`` (None or empty: every name must be one of ``classes``)."""
     path = Path(path)
+    class_map = dict(class_map or {})
+    check_class_map(class_map, classes)
+    regions = _regions(path)
+    out: list[Annotation] = []
+    unknown: set[str] = set()
+    for name, geom in regions:
+        target = mapped_class(name, classes, class_map, path)
+        if target is None:
+            unknown.add(name)
+        else:
+            out.append(Annotation(target, geom))
+    if unknown:
+        raise _unknown_classes(path, unknown, classes, class_map)
+    if out and all(a.class_name == IGNORE for a in out):
+        names = sorted({name for name, _ in regions})
+        raise InputError(path, "features", f"every region's class ({', '.join(names)}) is mapped to {IGNORE}: "
+                         "the file labels nothing to train or score on",
+                         "check class_map, and that the export holds the classified regions")
+    return out
+
+
+def class_areas(path: str | Path) -> Counter[str]:
+    """Annotated area (level-0 px²) per QuPath class name, as exported: before any ``class_map``, so
+    a new cohort's config can be written from what its files hold."""
+    area: Counter[str] = Counter()
+    for name, geom in _regions(Path(path)):
+        area[name] += geom.area
+    return area
+
+
+def _unknown_classes(path: Path, unknown: set[str], classes: list[str], class_map: Mapping[str, str]) -> InputError:
+    """The error for class names neither in ``classes`` nor mapped, with the likely ``class_map``
+    entries first: QuPath's ignore class and misspellings are the usual causes, and adding them to
+    ``classes`` (the old advice) would train a segmentation class on regions meant to be left out."""
+    names = sorted(unknown)
+    ignored: dict[str, str] = {}
+    renamed: dict[str, str] = {}
+    guesses: list[str] = []
+    for name in names:
+        if fnmatchcase(name, QUPATH_IGNORE):
+            ignored[QUPATH_IGNORE] = IGNORE
+        elif name.lower().startswith("ignore"):
+            ignored[name] = IGNORE
+        elif guess := close_class(name, classes):
+            renamed[name] = guess
+            guesses.append(f"{name!r}: did you mean {guess!r}?")
+    suggested = {**ignored, **renamed}
+    problem = (f"unknown classes {names}: neither in the config's classes {list(classes)} nor mapped by its "
+               "class_map" + (f" ({'; '.join(guesses)})" if guesses else ""))
+    general = (f"add them to the config's `classes` to train on them, or map each in its class_map to one of "
+               f"the classes or to {IGNORE} (regions left out of training and scoring), or rename them in QuPath")
+    fix = general
+    if suggested:
+        entries = class_map_yaml(suggested)
+        first = (f"add these entries to the config's class_map: {entries}" if class_map else
+                 f"in the config, set class_map: {entries}")
+        fix = f"{first}; otherwise {general}"
+    return InputError(path, "properties.classification.name", problem, fix)
+
+
+def _regions(path: Path) -> list[tuple[str, BaseGeometry]]:
+    """(QuPath class name, polygonal geometry) of every classified region annotation of the file."""
     if not path.is_file():
         raise InputError(path, None, "annotation file not found", "check annotation_path in the sample sheet")
     try:
@@ -65,9 +136,8 @@ def load_geojson(path: str | Path, classes: list[str]) -> list[Annotation]:
     except UnicodeDecodeError as e:
         raise InputError(path, None, f"not a UTF-8 text file (byte {e.start})", _FIX_JSON) from e
     features = _features(path, data)
-    out: list[Annotation] = []
+    out: list[tuple[str, BaseGeometry]] = []
     skipped: Counter[str] = Counter()
-    unknown: set[str] = set()
     for i, feat in enumerate(features):
         props = feat.get("properties")
         props = props if isinstance(props, dict) else {}
@@ -83,15 +153,9 @@ def load_geojson(path: str | Path, classes: list[str]) -> list[Annotation]:
         if geom is None:
             skipped["without polygon (point/line/empty)"] += 1
             continue
-        if name not in classes:
-            unknown.add(name)
-        out.append(Annotation(name, geom))
+        out.append((name, geom))
     if skipped:
         log.warning("%s: skipped %s", path, ", ".join(f"{n} x {why}" for why, n in sorted(skipped.items())))
-    if unknown:
-        raise InputError(path, "properties.classification.name",
-                         f"unknown classes {sorted(unknown)}; the config's classes are {list(classes)}",
-                         "add them to the config `classes` list or rename them in QuPath")
     if not out:
         why = f" (skipped: {dict(skipped)})" if skipped else ""
         raise InputError(path, "features", f"no classified polygon annotations{why}",
@@ -159,14 +223,18 @@ _WRONG_FILE = ("likely the export of another slide, or of this slide at another 
 
 
 def check_fit(path: str | Path, annotations: list[Annotation], classes: list[str], dimensions: tuple[int, int],
-              tissue: np.ndarray, tissue_scale: float, min_tissue_share: float) -> float:
+              tissue: np.ndarray, tissue_scale: float, min_tissue_share: float, min_on_tissue: float = 0.0) -> float:
     """Raise :class:`InputError` when ``annotations`` do not belong to a slide of level-0 ``dimensions``
     (w, h); return the share of its tissue they cover.
 
     ``tissue`` is the slide's tissue mask, ``tissue_scale`` its pixels per level-0 pixel. The file is
     rejected when more than :data:`MOSTLY_OUTSIDE` of its annotated area lies outside the slide, or
     when it covers less than ``min_tissue_share`` of the tissue (the config's
-    ``tiling.min_annotated_tissue``: sparse annotation is normal, so the default is small).
+    ``tiling.min_annotated_tissue``: sparse annotation is normal, so the default is small), or when less
+    than ``min_on_tissue`` of its labelled area lies on the tissue (``tiling.min_annotation_on_tissue``):
+    another slide's export can cover most of this one's tissue, but then part of it lies on glass. Regions
+    mapped to ``ignore`` say where the file lies but label nothing: they count for the first test,
+    not as covered tissue.
     """
     union = shapely.union_all([a.geometry for a in annotations])
     outside = 1.0 - union.intersection(box(0, 0, *dimensions)).area / union.area
@@ -186,13 +254,22 @@ def check_fit(path: str | Path, annotations: list[Annotation], classes: list[str
                          f"tiling.min_annotated_tissue ({min_tissue_share:.2%}): {_WRONG_FILE}",
                          "check annotation_path in the sample sheet; if the annotation really is this sparse, "
                          "lower tiling.min_annotated_tissue")
+    labelled = labels != UNANNOTATED
+    on_tissue = np.count_nonzero(tissue & labelled) / max(1, np.count_nonzero(labelled))
+    if on_tissue < min_on_tissue:
+        raise InputError(path, "features", f"only {on_tissue:.0%} of the annotated area lies on the slide's tissue, "
+                         f"the rest lies on the slide's glass (tiling.min_annotation_on_tissue {min_on_tissue:.0%}): "
+                         f"{_WRONG_FILE}", "check annotation_path in the sample sheet; if the annotations are right "
+                         "(regions the tissue detector leaves out: fat, pale necrosis), lower "
+                         "tiling.min_annotation_on_tissue")
     return share
 
 
 # -- rasterisation --------------------------------------------------------------------------------
 @dataclass
 class AnnotationIndex:
-    """Annotations with their label values, sorted largest first, plus a bounding-box tree.
+    """Annotations with their label values, sorted largest first (ignored regions after every class
+    region, so they take out what they overlap), plus a bounding-box tree.
 
     Build it once per slide and pass it to :func:`rasterize` for every window; passing the plain list
     works too but rebuilds this each call.
@@ -204,12 +281,14 @@ class AnnotationIndex:
     tree: shapely.STRtree = field(init=False)
 
     def __post_init__(self) -> None:
-        lut = class_values(self.classes)
+        lut = {**class_values(self.classes), IGNORE: UNANNOTATED}
         missing = {a.class_name for a in self.annotations} - lut.keys()
         if missing:
             raise ValueError(f"annotations of classes {sorted(missing)} not in {self.classes}")
-        # Larger first so that smaller, nested annotations (a tumour island in stroma) are drawn on top.
-        self.annotations = sorted(self.annotations, key=lambda a: -a.geometry.area)
+        # Larger first so that smaller, nested annotations (a tumour island in stroma) are drawn on top;
+        # ignored regions last whatever their size: an Ignore* region larger than the tumour it lies
+        # over must still take it out.
+        self.annotations = sorted(self.annotations, key=lambda a: (a.class_name == IGNORE, -a.geometry.area))
         self.values = np.array([lut[a.class_name] for a in self.annotations], dtype=np.uint8)
         self.tree = shapely.STRtree([a.geometry for a in self.annotations])
 
@@ -220,9 +299,10 @@ def rasterize(annotations: list[Annotation] | AnnotationIndex, classes: list[str
 
     ``offset`` = (y0, x0) is the window's top-left in target pixels. Pixel (i, j) covers
     [x0 + j, x0 + j + 1) x [y0 + i, y0 + i + 1) and takes the value of the last-drawn annotation
-    containing its centre (largest drawn first, so nested smaller ones win; holes show what lies
-    beneath, UNANNOTATED if nothing). A centre exactly on an edge counts as inside on the left/top
-    edge and outside on the right/bottom one, so abutting annotations never both claim a pixel.
+    containing its centre (largest drawn first, so nested smaller ones win, and ignored regions last,
+    as UNANNOTATED; holes show what lies beneath, UNANNOTATED if nothing). A centre exactly on an
+    edge counts as inside on the left/top edge and outside on the right/bottom one, so abutting
+    annotations never both claim a pixel.
     """
     index = annotations if isinstance(annotations, AnnotationIndex) else AnnotationIndex(list(annotations), classes)
     if list(index.classes) != list(classes):

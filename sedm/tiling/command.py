@@ -78,7 +78,7 @@ def tile_slide(slide_path: str | Path, *, slide_id: str, config: dict[str, Any],
                threads: int | None = None, progress: bool = True, processes: bool | None = None) -> TilingResult:
     """Tile one slide into ``out`` (Zarr v3, sedm.tiling.store layout), ``table`` (parquet) and ``qc`` (PNG).
 
-    ``config`` is a validated sedm config (sections classes, slides, tissue, tiling). ``processes``:
+    ``config`` is a validated sedm config (sections classes, class_map, slides, tissue, tiling). ``processes``:
     whether the ``threads`` workers are forked processes; None (default) picks them where they are
     safe and faster: more than one worker, Linux, the slide level decoded directly (no slide
     library handle in the workers) and every shard written directly.
@@ -92,6 +92,7 @@ def tile_slide(slide_path: str | Path, *, slide_id: str, config: dict[str, Any],
     levels = int(tiling["pyramid_levels"])
     min_fraction = float(tiling["min_tissue_fraction"])
     min_annotated = float(tiling["min_annotated_tissue"])
+    min_on_tissue = float(tiling["min_annotation_on_tissue"])
     threads = int(tiling["threads"] if threads is None else threads)
     thumb_mpp = float(tcfg["thumbnail_mpp"])
     out, table, qc = Path(out), Path(table), Path(qc)
@@ -106,13 +107,13 @@ def tile_slide(slide_path: str | Path, *, slide_id: str, config: dict[str, Any],
         from sedm.tiling.annotations import load_geojson
 
         annotation = Path(annotation)
-        annotations = list(load_geojson(annotation, classes))
+        annotations = list(load_geojson(annotation, classes, config["class_map"]))
     slide = open_slide(slide_path, backend=scfg["backend"], mpp_override=scfg["mpp_override"])
     try:
         return _tile_open_slide(slide, slide_path=slide_path, slide_id=slide_id, classes=classes,
                                 annotations=annotations, annotation=annotation, target_mpp=target_mpp,
                                 tile_size=tile_size, levels=levels, min_fraction=min_fraction,
-                                min_annotated=min_annotated, threads=threads, thumb_mpp=thumb_mpp, tcfg=tcfg,
+                                min_annotated=min_annotated, min_on_tissue=min_on_tissue, threads=threads, thumb_mpp=thumb_mpp, tcfg=tcfg,
                                 scfg=scfg, out=out, table=table, qc=qc, progress=progress, processes=processes)
     finally:
         slide.close()
@@ -154,7 +155,7 @@ def check_slide(slide_path: str | Path, config: dict[str, Any]) -> None:
 
 def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: list[str], annotations: list,
                      annotation: Path | None, target_mpp: float, tile_size: int, levels: int,
-                     min_fraction: float, min_annotated: float, threads: int, thumb_mpp: float, tcfg: dict,
+                     min_fraction: float, min_annotated: float, min_on_tissue: float, threads: int, thumb_mpp: float, tcfg: dict,
                      scfg: dict, out: Path, table: Path, qc: Path, progress: bool,
                      processes: bool | None) -> TilingResult:
     from sedm.tiling.tissue import detect_tissue, tissue_qc_png
@@ -200,7 +201,7 @@ def _tile_open_slide(slide: Any, *, slide_path: Path, slide_id: str, classes: li
             from sedm.tiling.annotations import check_fit
 
             share = check_fit(annotation, annotations, classes, tuple(slide.dimensions), mask, source_mpp / thumb_mpp,
-                              min_annotated)
+                              min_annotated, min_on_tissue)
             log.info("%s: the annotations cover %.1f%% of the tissue", slide_id, 100 * share)
         iy = nearest_index(height, pixel_mpp, thumb_mpp, mask.shape[0])
         ix = nearest_index(width, pixel_mpp, thumb_mpp, mask.shape[1])

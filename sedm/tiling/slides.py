@@ -65,6 +65,11 @@ class SlideReader(ABC):
         self.level_downsamples: list[float] = [float(d) for d in handle.level_downsamples]
 
     # -- geometry ---------------------------------------------------------------------------------
+    @property
+    def vendor(self) -> str:
+        """The scanner format the backend recognised (aperio, hamamatsu, generic-tiff, ...)."""
+        return str(self._handle.properties.get(f"{self.backend}.vendor") or "unknown")
+
     def level_mpp(self, level: int) -> float:
         return self.mpp * self.level_downsamples[level]
 

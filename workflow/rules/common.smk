@@ -3,26 +3,53 @@
 import hashlib
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 
-from sedm.config import STAGE_SECTIONS, check_cohort, load_samples, runtime_config, stage_config, validate_config
+from snakemake.settings.types import DeploymentMethod
+
+from sedm.config import (STAGE_SECTIONS, check_cohort, cohort_warnings, load_samples, require_samples,
+                         runtime_config, stage_config, validate_config)
 from sedm.errors import InputError
 from sedm.evaluation.outputs import OUTPUT_FILES as EVAL_FILES, PER_PATIENT, PER_SLIDE, SUMMARY_JSON
 from sedm.layout import results_paths
+from sedm.validate import check_inputs
 
+# The checks of `sedm validate`, on the config Snakemake resolved (the --configfile, --config on top):
+# every mistake stops the run here, before the first job and in `snakemake -n`, with the same message.
+CONFIG_FILE = ", ".join(map(str, workflow.configfiles)) or None
 try:
-    config = validate_config(config, workflow.configfiles[0] if workflow.configfiles else None)
-    SAMPLES = load_samples(config["samples"])
-    check_cohort(config, SAMPLES, workflow.configfiles[0] if workflow.configfiles else None)
+    config = validate_config(config, CONFIG_FILE)
+    SAMPLES = load_samples(require_samples(config, CONFIG_FILE))
+    check_cohort(config, SAMPLES, CONFIG_FILE)
+    for warning in cohort_warnings(config, SAMPLES) + check_inputs(config, SAMPLES, config["samples"])[0]:
+        print(f"sedm: warning: {warning}", file=sys.stderr)
 except InputError as exc:
     raise WorkflowError(str(exc)) from None
+
+# Rules run the sedm of the Python that runs Snakemake: a virtualenv need not be activated, and a `sedm` or
+# `python` found first on PATH (another install, the system's) is never used. Under --use-conda each job's
+# environment (envs/sedm.yaml) provides `sedm` instead.
+SEDM = ("sedm" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+        else f"{shlex.quote(sys.executable)} -m sedm")
 
 R = config["results"]
 SLIDES = SAMPLES.index.tolist()
 ROLE = SAMPLES["role"].to_dict()
-SLIDE_PATH = SAMPLES["slide_path"].to_dict()  # plain dicts: input functions run once per job
-ANNOTATION_PATH = SAMPLES["annotation_path"].to_dict()
-SHEET_ROW = SAMPLES.to_dict("index")
+
+
+def workflow_path(path):
+    """A sheet's (absolute) path as the rules spell it: relative to the working directory when inside
+    it, so that the demo's slides match the demo rule's outputs and moving the project reruns nothing."""
+    rel = os.path.relpath(path) if path else path
+    return rel if path and not rel.startswith("..") else path
+
+
+SLIDE_PATH = {s: workflow_path(p) for s, p in SAMPLES["slide_path"].items()}  # plain dicts: input functions
+ANNOTATION_PATH = {s: workflow_path(p) for s, p in SAMPLES["annotation_path"].items()}  # run once per job
+SHEET_ROW = {s: {**row, "slide_path": SLIDE_PATH[s], "annotation_path": ANNOTATION_PATH[s]}
+             for s, row in SAMPLES.to_dict("index").items()}
 LABELLED = [s for s in SLIDES if ROLE[s] == "labelled"]
 UNLABELLED = [s for s in SLIDES if ROLE[s] == "unlabelled"]
 TEST = [s for s in SLIDES if ROLE[s] == "test"]

@@ -22,7 +22,7 @@ rule tile_slide:
     conda:
         ENV
     shell:
-        "sedm tile --config {input.config:q} --slide-id {wildcards.slide:q} --slide {input.slide:q}"
+        "{SEDM} tile --config {input.config:q} --slide-id {wildcards.slide:q} --slide {input.slide:q}"
         " {params.annotation:q} --threads {threads} --out {output.store:q} --table {output.table:q}"
         " --qc {output.qc:q} --log {log:q}"
 
@@ -42,4 +42,4 @@ rule tiling_summary:
     conda:
         ENV
     shell:
-        "sedm tiling-summary --samples {input.samples:q} --tables {input.tables:q} --out {output:q} --log {log:q}"
+        "{SEDM} tiling-summary --samples {input.samples:q} --tables {input.tables:q} --out {output:q} --log {log:q}"
