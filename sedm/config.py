@@ -97,6 +97,15 @@ def validate_config(config: Mapping, file: str | Path | None = None) -> dict:
     return filled
 
 
+def validate_section(section: str, values: Mapping | None = None) -> dict:
+    """One config section, validated, with its defaults filled: for code that reads one section of
+    settings without a whole config (a cohort's ``classes`` are not needed to know a default)."""
+    schema = load_schema("config")["properties"][section]
+    filled = fill_defaults(schema, dict(values or {}))
+    _raise_first(list(jsonschema.Draft202012Validator(schema).iter_errors(filled)), schema, None, f"{section}.")
+    return filled
+
+
 def load_config(path: str | Path, runtime: str | None = None) -> dict:
     """Read a YAML config file, validate it and fill defaults.
 

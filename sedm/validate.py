@@ -43,6 +43,7 @@ and two different scans differ in their first megabyte already (headers, dates, 
 
 
 def demo_made(path: str, config: Mapping) -> bool:
+    """Whether the demo generates ``path`` (it need not exist before the demo rule)."""
     demo = config["demo"]
     return demo["enabled"] and Path(demo["out"]).resolve() in Path(path).resolve().parents
 
@@ -130,8 +131,8 @@ def check_inputs(config: Mapping, samples: pd.DataFrame, sheet: str, *, cache: b
     """
     from tqdm import tqdm
 
-    present = samples[[not demo_made(p, config) for p in samples["slide_path"]]]
-    for slide_id, row in present.iterrows():
+    present = {s: row for s, row in samples.to_dict("index").items() if not demo_made(row["slide_path"], config)}
+    for slide_id, row in present.items():
         for column in ("slide_path", "annotation_path"):
             if row[column] and not Path(row[column]).is_file():
                 raise _missing(sheet, samples, slide_id, column)
@@ -140,7 +141,7 @@ def check_inputs(config: Mapping, samples: pd.DataFrame, sheet: str, *, cache: b
     known = _load_cache(cache_path, key) if cache else {}
     results: dict[str, dict] = {}
     pending = []
-    for slide_id, row in present.iterrows():  # contents first: a copied file is named as such
+    for slide_id, row in present.items():  # contents first: a copied file is named as such
         sig = [_signature(row["slide_path"]), _signature(row["annotation_path"])]
         hit = known.get(slide_id)
         if hit is not None and hit.get("signature") == sig:
@@ -158,7 +159,7 @@ def check_inputs(config: Mapping, samples: pd.DataFrame, sheet: str, *, cache: b
                          file=sys.stderr):
         if on_slide is not None:
             on_slide(slide_id)
-        results[slide_id].update(_check_slide(config, present.loc[slide_id]))
+        results[slide_id].update(_check_slide(config, present[slide_id]))
     if cache and results != known:
         write_text(cache_path, json.dumps({"config": key, "slides": results}, sort_keys=True) + "\n")
     return _file_warnings(config, samples, results), _scanners(results)
@@ -178,7 +179,8 @@ def _check_same_content(sheet: str, results: Mapping[str, dict], key: str, colum
 
 def _file_warnings(config: Mapping, samples: pd.DataFrame, results: Mapping[str, dict]) -> list[str]:
     out = []
-    labelled = [s for s in results if samples.loc[s, "role"] == "labelled"]
+    role = samples["role"].to_dict()
+    labelled = [s for s in results if role[s] == "labelled"]
     if labelled:
         seen = set().union(*(results[s]["classes"] for s in labelled))
         if absent := [c for c in config["classes"] if c not in seen]:

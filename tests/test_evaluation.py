@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import zarr
 from scipy import stats as sps
+from builders import evaluation as builders
 from builders.segmentation import write_samples
 
 from sedm.cli import main
@@ -19,8 +19,6 @@ from sedm.evaluation.evaluate import evaluate, parse_predictions
 from sedm.evaluation.outputs import OUTPUT_FILES
 from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
 from sedm.evaluation.stats import bootstrap_ci, describe, paired_comparison, wilcoxon_p
-from sedm.segmentation.outputs import PREDICTED_LABELS
-from sedm.tiling.store import create_store
 
 CLASSES = ["a", "b", "c"]
 
@@ -56,18 +54,11 @@ def _arr(values):
 
 
 def write_truth(path, slide_id, truth):
-    root = create_store(path, slide_id=slide_id, height=2, width=4, mpp=1.0, tile_size=4, levels=1,
-                        classes=CLASSES, provenance={})
-    root["labels/annotation/0"][:] = _arr(truth)
-    root["labels/tissue/0"][:] = 1
-    return path
+    return builders.write_truth(path, slide_id, _arr(truth), CLASSES)
 
 
 def write_prediction(path, slide_id, pred):
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    root.create_array(PREDICTED_LABELS, data=_arr(pred), chunks=(2, 4))
-    root.attrs["sedm"] = {"slide_id": slide_id, "classes": CLASSES}
-    return path
+    return builders.write_prediction(path, slide_id, _arr(pred), CLASSES)
 
 
 @pytest.fixture
@@ -106,6 +97,12 @@ def test_evaluate_matches_hand_computation(hand):
     assert math.isnan(a.loc["P1", "dice_c"]) and a.loc["P2", "dice_c"] == pytest.approx(0.75)
     assert a["macro_dice"].tolist() == pytest.approx([P1_DICE, P2_DICE])
     assert a["macro_iou"].tolist() == pytest.approx([P1_IOU, P2_IOU])
+    # the confusion cell names its orientation: P1's (truth a, pred b) = 2 and (truth b, pred unannotated) = 1
+    cm = json.loads(pd.read_csv(tmp / "eval" / "per_patient.csv").set_index(["arm", "patient_id"]).loc[
+        ("A", "P1"), "confusion"])
+    assert cm == {"true_a": {"pred_unannotated": 0, "pred_a": 4, "pred_b": 2, "pred_c": 0},
+                  "true_b": {"pred_unannotated": 1, "pred_a": 0, "pred_b": 5, "pred_c": 0},
+                  "true_c": {"pred_unannotated": 0, "pred_a": 0, "pred_b": 0, "pred_c": 0}}
     ps = pd.read_csv(tmp / "eval" / "per_slide.csv")
     assert len(ps) == 6 and set(ps.slide_id) == {"s1", "s2", "s3"}
     s1 = ps[(ps.arm == "A") & (ps.slide_id == "s1")].iloc[0]
@@ -128,6 +125,7 @@ def test_evaluate_matches_hand_computation(hand):
     assert comp["mean_diff"] == pytest.approx(((1 - P1_DICE) + (1 - P2_DICE)) / 2)
     assert comp["wilcoxon_p"] == pytest.approx(0.5)
     assert comp["ci95"] == pytest.approx([1 - P1_DICE, 1 - P2_DICE])
+    assert comp["descriptive"] and "descriptive: 2 patients" in comp["note"]  # 2 patients describe, not prove
 
     table = pd.read_csv(tmp / "eval" / "summary.csv")
     macro_row = table[(table.arm == "A") & (table["class"] == "macro") & (table.metric == "dice")].iloc[0]

@@ -31,7 +31,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sedm.evaluation",),
     ("sedm.report",),
     ("sedm.demo",),  # makes a cohort to run the pipeline on; nothing in the pipeline needs it
-    ("sedm.cli", "sedm.validate", "sedm.write_config", "sedm.profile"),  # commands outside the stages
+    ("sedm.cli", "sedm.validate", "sedm.write_config", "sedm.config_template", "sedm.profile"),  # commands outside
+    # the stages
 )
 """Layers, lowest first; a name stands for itself and everything below it (``sedm.tiling`` covers
 ``sedm.tiling.store``). The most specific name decides (``sedm.labels`` before ``sedm``)."""

@@ -40,8 +40,8 @@ def test_predict_writes_prediction_overlay_and_geojson(tmp_path, slide):
     assert labels[tissue].min() >= 1 and labels[tissue].max() <= len(CLASSES)
     assert root.attrs["sedm"]["slide_id"] == "t" and root.attrs["sedm"]["classes"] == CLASSES
 
-    with Image.open(png) as im:  # longest side <= overlay_max_size (100): 320 px / 4
-        assert im.size == (80, 80) and im.mode == "RGB"
+    with Image.open(png) as im:  # longest side <= overlay_max_size (100): 320 px / 4, a class legend below
+        assert im.width >= 80 and im.height > 80 and im.mode == "RGB"
 
     doc = json.loads(gj.read_text())
     assert doc["type"] == "FeatureCollection" and doc["features"]

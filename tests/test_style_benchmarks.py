@@ -11,7 +11,7 @@ from builders.diffusion import CLASSES, diffusion_section, make_stores
 from PIL import Image
 from safetensors.torch import load_file
 
-from sedm.config import validate_config
+from sedm.config import validate_config, validate_section
 from sedm.models.presets import PRESETS, model_config
 
 
@@ -21,7 +21,7 @@ def scaling():
 
 
 def test_widened_scales_the_preset_and_keeps_every_snapshot(scaling):
-    base = validate_config({"diffusion": {"preset": "tiny", "lr_schedule": "cosine"}})["diffusion"]
+    base = validate_section("diffusion", {"preset": "tiny", "lr_schedule": "cosine"})
     section = scaling.widened(base, 2, [150, 300, 600])
     tiny = PRESETS["tiny"]
     assert section["block_out_channels"] == [2 * c for c in tiny["block_out_channels"]]

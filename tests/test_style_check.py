@@ -3,13 +3,15 @@ follows it; the stain statistics the encoder reads agree with the numpy definiti
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from sedm.stain.statistics import match_od_means, mean_tissue_od, od_moments_torch, rgb_to_od, tissue_pixels
-from sedm.synthesis.style_check import StyleSet, separability, transfer_ratio, write_style_grid
+from sedm.synthesis.style_check import StyleSet, separability, transfer_flags, transfer_ratio, write_style_grid
 
 STAINS = {"pink": (225, 150, 200), "blue": (120, 140, 220), "brown": (190, 140, 90), "pale": (235, 205, 225)}
 
@@ -255,7 +257,7 @@ def test_tissue_layout_marks_tissue_as_unknown_class_and_glass_as_unannotated():
     assert layout[35, 35] == UNANNOTATED and (layout[5:30, 5:30] == 3).mean() > 0.95
 
 
-def test_style_check_command_writes_measures_and_grid(tmp_path, capsys):
+def test_style_check_command_writes_measures_and_grid(tmp_path, capsys, caplog):
     """`sedm style-check` end to end on tiny stores and a random model; one style source is refused."""
     import json
 
@@ -273,8 +275,14 @@ def test_style_check_command_writes_measures_and_grid(tmp_path, capsys):
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     args = ["style-check", "--config", str(tmp_path / "cfg.json"), "--model", str(model), "--labelled", str(labelled),
             "--out", str(tmp_path / "check.json"), "--grid", str(tmp_path / "grid.png"), "--style-stores"]
-    assert main(args + [str(s) for s in sources]) == 0
+    with caplog.at_level(logging.INFO):
+        assert main(args + [str(s) for s in sources]) == 0
     result = json.loads((tmp_path / "check.json").read_text())
+    # at-chance flags are written and logged as transfer_flags reads the written numbers (whichever way
+    # this random model's median falls; tests/test_flags.py sets it on both sides)
+    assert result["flags"] == transfer_flags(result)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == \
+        [f"style check: {f}" for f in result["flags"]]
     assert result["style_sources"] == ["U0", "U1", "U2"] and result["n_layouts"] == 2
     assert result["transfer"]["n_pairs"] + result["transfer"]["n_skipped"] == 3
     # the chance level: the same pairs, sampled by a randomly initialised model of the same architecture

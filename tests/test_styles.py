@@ -215,6 +215,7 @@ def test_commands_write_stats_and_table(store, tmp_path, capsys):
     table = pd.read_csv(out, sep="\t")
     assert table["slide_id"].tolist() == ["s1", "s2"] and table["role"].tolist() == ["test", "labelled"]
     assert set(FEATURES) <= set(table.columns)
+    assert table["flags"].isna().all()  # no synthetic set, nothing to flag (tests/test_flags.py flags one)
     # a slide that is not in the sample sheet: one clear error, nothing written
     bad = write_samples(tmp_path / "bad.tsv", [("s2", "P2", "labelled")])
     assert main(["style-table", "--samples", str(bad), "--stats", str(tmp_path / "s1.json"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 
 from sedm.cli import main
 from sedm.demo.tiff import write_pyramidal_tiff
+from sedm.synthesis.stylize import output_flags
 from builders.synthesis import CLASSES, PATCH, make_model, make_store
 
 
@@ -51,7 +53,10 @@ def test_outputs_have_input_size(model, inputs, tmp_path, with_mask):
             assert (im.height, im.width) == (h, w) and im.mode == "RGB"
     meta = json.loads((out / "stylize.json").read_text())
     assert meta["style_source"] == "S" and len(meta["images"]) == 2
+    # each output's flags follow from its measures; the file lists them all with the image's name
+    assert meta["flags"] == [f"{Path(r['input']).name}: {f}" for r in meta["images"] for f in r["flags"]]
     for rec in meta["images"]:
+        assert rec["flags"] == output_flags(rec)
         assert (rec["mask"] is not None) == with_mask
         for slide, y, x in rec["style"]:  # only the bottom-right tile (64..128) is tissue
             assert slide == "S" and 64 <= y <= 128 - PATCH and 64 <= x <= 128 - PATCH

@@ -21,6 +21,7 @@ from sedm.synthesis import synthesize as synth_mod
 from sedm.synthesis.layouts import Augmentation, LayoutSampler, augmented_window, class_probabilities
 from sedm.synthesis.counts import samples_for_slide
 from sedm.synthesis.shards import partial_dir, read_provenance
+from sedm.synthesis.stats import fidelity_flags
 from sedm.synthesis.styles import StoreStyleSource
 from sedm.runtime.signals import EXIT_REQUEUE
 from builders.synthesis import CLASSES, MPP, PATCH, TILE, make_model, make_store
@@ -203,6 +204,7 @@ def test_montage_and_stats_written(baseline):
     assert stats["hed_distance"] == pytest.approx(np.linalg.norm(g - s))
     assert stats["style_fidelity"] == pytest.approx(1 - stats["hed_distance"] / stats["hed_distance_source"])
     assert attrs["stats"]["hed_distance"] == pytest.approx(stats["hed_distance"])
+    assert stats["flags"] == fidelity_flags(stats) and attrs["stats"]["flags"] == stats["flags"]
 
 
 def test_same_seed_same_bytes_other_seed_differs(world, baseline, tmp_path):

@@ -35,7 +35,7 @@ from sedm.models.autoencoder import (LayoutDecoder, PatchDiscriminator, build_au
                                     kl_divergence, layout_decoder_config)
 from sedm.autoencoder.outputs import LOG_COLUMNS, PROVENANCE, TRAIN_LOG
 from sedm.autoencoder.qa import QA_INDEX, write_qa
-from sedm.config import add_config_arguments, load_config, validate_config
+from sedm.config import add_config_arguments, load_config, validate_section
 from sedm.diffusion.dataset import DiffusionPatchDataset, StepSampler
 from sedm.errors import InputError
 from sedm.models.codec import LAYOUT_DECODER_DIR
@@ -104,7 +104,7 @@ def stain_jitter() -> StainJitter:
     patches, so the autoencoder must encode and decode those stains faithfully too (trained on the
     cohort's stains alone, it followed about half of a restaining's colour change); and a layout decoder
     that paints with stain statistics can only take the stain from them."""
-    return StainJitter.from_config(validate_config({})["diffusion"]["style_jitter"])
+    return StainJitter.from_config(validate_section("diffusion")["style_jitter"])
 
 
 def run_fingerprint(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: Sequence[str | Path]) -> str:

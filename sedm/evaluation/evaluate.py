@@ -5,7 +5,8 @@ a patient's matrix is the sum of its slides' (so a patient counts once however m
 Dice / IoU per class and macro per patient (conventions, NaN for absent classes included, in
 sedm.evaluation.metrics); across patients mean, std, median, IQR and the worst patient, plus
 pooled over all pixels. Each arm is compared with the baseline arm on paired per-patient macro
-Dice: mean difference, patient-level bootstrap 95% CI and Wilcoxon signed-rank p-value.
+Dice: mean difference, patient-level bootstrap 95% CI and Wilcoxon signed-rank p-value, marked
+descriptive (and logged at WARNING) below :data:`sedm.evaluation.stats.DESCRIPTIVE_BELOW` patients.
 
 With ``--styles`` (the cohort table of ``sedm style-table``) each test patient also gets its distance
 to the nearest labelled style, and summary.json the rank correlation of Dice and of the gain over the
@@ -32,7 +33,7 @@ import zarr
 from sedm.atomic import atomic_path, write_text
 from sedm.config import load_config, load_samples
 from sedm.errors import InputError
-from sedm.evaluation.metrics import confusion_matrix, dice_iou, macro
+from sedm.evaluation.metrics import confusion_matrix, confusion_record, dice_iou, macro
 from sedm.evaluation.outputs import (ARM, CONFUSION, MACRO_DICE, MACRO_IOU, PATIENT, PER_PATIENT, PER_SLIDE, SLIDE,
                                      SUMMARY_CSV, SUMMARY_JSON, TABLE_SUFFIXES, class_column)
 from sedm.evaluation.stats import describe, paired_comparison
@@ -128,7 +129,7 @@ def _scores(cm: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     for c, d, j in zip(classes, dice, iou):
         row[class_column("dice", c)], row[class_column("iou", c)] = float(d), float(j)
     row[MACRO_DICE], row[MACRO_IOU] = macro(dice), macro(iou)
-    row[CONFUSION] = json.dumps(cm.tolist())
+    row[CONFUSION] = json.dumps(confusion_record(cm, classes))
     return row
 
 
@@ -252,7 +253,8 @@ def evaluate(cfg: Mapping[str, Any], *, samples: pd.DataFrame, predictions: Mapp
             comp = paired_comparison(pivot[arm].to_numpy(), pivot[base].to_numpy(), int(ev["n_boot"]),
                                      int(cfg["seed"]) + i)
             comparisons.append({"arm": arm, "baseline": base, "mean_diff": comp["mean_diff"], "ci95": comp["ci95"],
-                                "wilcoxon_p": comp["wilcoxon_p"], "n_patients": comp["n"], "note": comp["note"]})
+                                "wilcoxon_p": comp["wilcoxon_p"], "n_patients": comp["n"],
+                                "descriptive": comp["descriptive"], "note": comp["note"]})
     style_distance = None
     if styles is not None:
         style_distance, distances = style_gain(per_patient, styles, slides, base if base in arms else None,
@@ -271,4 +273,10 @@ def evaluate(cfg: Mapping[str, Any], *, samples: pd.DataFrame, predictions: Mapp
     for arm, s in summary["arms"].items():
         log.info("%s: per-patient macro Dice mean %s (worst %s) over %s patients", arm, s["mean_dice"],
                  s["worst_dice"], s["n_patients"])
+    for comp in summary["comparisons"]:
+        # a descriptive comparison is logged at WARNING: its CI and p read like evidence and are not
+        log.log(logging.WARNING if comp["descriptive"] else logging.INFO,
+                "%s - %s: mean per-patient difference %s, 95%% CI %s, Wilcoxon p %s over %s patients%s",
+                comp["arm"], comp["baseline"], comp["mean_diff"], comp["ci95"], comp["wilcoxon_p"],
+                comp["n_patients"], f" ({comp['note']})" if comp["note"] else "")
     return summary

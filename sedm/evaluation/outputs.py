@@ -16,7 +16,8 @@ OUTPUT_FILES = (SUMMARY_JSON, SUMMARY_CSV, *(name + suffix for name in (PER_PATI
 ARM, SLIDE, PATIENT = "arm", "slide_id", "patient_id"
 MACRO_DICE, MACRO_IOU = "macro_dice", "macro_iou"
 CONFUSION = "confusion"
-"""The summed confusion matrix as JSON text (for machines, not for the report)."""
+"""The summed confusion matrix as JSON text that names its orientation,
+``{"true_<class>": {"pred_<label>": pixels}}`` (:func:`sedm.evaluation.metrics.confusion_record`)."""
 
 
 def class_column(metric: str, class_name: str) -> str:

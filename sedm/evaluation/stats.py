@@ -56,25 +56,43 @@ def wilcoxon_p(diffs: np.ndarray) -> tuple[float, str | None]:
     return p, None
 
 
+DESCRIPTIVE_BELOW = 10
+"""Patient-level statistics over fewer patients than this (rank correlations of gain vs style distance,
+paired comparisons of arms) are labelled descriptive: their bootstrap CI is wide and resamples of a
+handful of patients repeat the same few, so a CI that excludes 0 is no evidence; and the exact
+Wilcoxon test cannot reach small p-values (the smallest two-sided p over n patients is 2 / 2**n,
+0.0625 for 5). They describe these patients; no p-value is read from them."""
+
+
+def is_descriptive(n: int) -> bool:
+    """Whether a statistic over ``n`` patients is descriptive (:data:`DESCRIPTIVE_BELOW`)."""
+    return n < DESCRIPTIVE_BELOW
+
+
+def descriptive_note(n: int) -> str:
+    """The note beside every descriptive statistic, in JSON, logs and the report."""
+    return f"descriptive: {n} patients (< {DESCRIPTIVE_BELOW}); CI and p are not evidence"
+
+
 def paired_comparison(arm: np.ndarray, baseline: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
     """Paired per-patient difference ``arm - baseline``: mean, bootstrap 95% CI, Wilcoxon p.
 
-    Patients with a NaN in either arm are left out (counted in ``n``).
+    Patients with a NaN in either arm are left out (counted in ``n``). ``descriptive`` is set below
+    :data:`DESCRIPTIVE_BELOW` patients, with :func:`descriptive_note` in ``note``.
     """
     a, b = np.asarray(arm, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
     keep = np.isfinite(a) & np.isfinite(b)
     d = a[keep] - b[keep]
     p, note = wilcoxon_p(d)
     lo, hi = bootstrap_ci(d, n_boot, seed)
+    notes = [note] if note else []
     if len(d) == 1:
-        note = (note or "") + "; the CI of one patient is a point"
+        notes.append("the CI of one patient is a point")
+    descriptive = is_descriptive(len(d))
+    if descriptive:
+        notes.append(descriptive_note(len(d)))
     return {"mean_diff": float(d.mean()) if len(d) else float("nan"), "ci95": [lo, hi], "wilcoxon_p": p,
-            "n": int(len(d)), "note": note}
-
-
-DESCRIPTIVE_BELOW = 10
-"""Rank correlations over fewer patients than this are labelled descriptive: their bootstrap CI is
-wide and resamples of a handful of patients repeat the same few; no p-value is read from them."""
+            "n": int(len(d)), "descriptive": descriptive, "note": "; ".join(notes) or None}
 
 
 def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -97,7 +115,7 @@ def spearman_bootstrap(x: Any, y: Any, n_boot: int, seed: int, level: float = 0.
     x, y = x[keep], y[keep]
     n, nan = len(x), float("nan")
     out: dict[str, Any] = {"rho": nan, "p": nan, "ci95": [nan, nan], "n": n, "n_boot_valid": 0,
-                           "descriptive": n < DESCRIPTIVE_BELOW, "note": None}
+                           "descriptive": is_descriptive(n), "note": None}
     if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         out["note"] = f"undefined: {n} patient(s)" + ("" if n < 3 else ", constant values")
         return out
@@ -113,5 +131,5 @@ def spearman_bootstrap(x: Any, y: Any, n_boot: int, seed: int, level: float = 0.
         lo, hi = np.percentile(rho, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
         out["ci95"] = [float(lo), float(hi)]
     if out["descriptive"]:
-        out["note"] = f"descriptive: {n} patients (< {DESCRIPTIVE_BELOW}); CI and p are not evidence"
+        out["note"] = descriptive_note(n)
     return out

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sedm.config import validate_config
+from sedm.config import validate_section
 from sedm.errors import InputError
 from sedm.models.stedm import StedmConfig
 
@@ -49,7 +49,7 @@ def model_config(diffusion: dict[str, Any], classes: list[str], *, latent_factor
 
     Keys the section leaves out take their schema defaults (the section is validated here).
     """
-    diffusion = validate_config({"diffusion": dict(diffusion)})["diffusion"]
+    diffusion = validate_section("diffusion", diffusion)
     preset = diffusion["preset"]
     if preset not in PRESETS:
         raise InputError(None, "diffusion.preset", f"unknown preset {preset!r}", f"use one of {sorted(PRESETS)}")

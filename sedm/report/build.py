@@ -76,7 +76,7 @@ def build_report(config: dict, samples: pd.DataFrame, results: str | Path, *, ti
     """
     layout = ResultsLayout(Path(results))
     figures: list[Figure] = []
-    scores = evaluation.evaluation_section(layout, figures)
+    scores = evaluation.evaluation_section(layout, figures, config.get("classes"))
     context: dict[str, Any] = {
         "title": title,
         "results": str(results),

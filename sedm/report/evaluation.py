@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 from sedm.evaluation import outputs as E
+from sedm.evaluation.metrics import read_confusion
+from sedm.evaluation.stats import DESCRIPTIVE_BELOW, descriptive_note, is_descriptive
 from sedm.report import plots
 from sedm.report.layout import ResultsLayout
 from sedm.report.tables import (Figure, Table, first_table, fmt, fmt_p, frame_table, natural_key, not_run, png_bytes,
@@ -100,26 +102,66 @@ def _per_class(summary_arms: Mapping) -> Table | None:
     return Table(["arm", "class"] + [str(m) for m in metrics], table, [False, False] + [True] * len(metrics))
 
 
+COMPARISON_KEYS = ("arm", "baseline", "mean_diff", "ci95", "wilcoxon_p", "n_patients", "descriptive", "note")
+"""Keys of a summary.json comparison shown in fixed columns; any other key gets a column of its own."""
+
+
 def _comparisons(comparisons: Any) -> Table | None:
+    """The paired comparisons, each marked descriptive below :data:`DESCRIPTIVE_BELOW` patients (as
+    summary.json says, or from its patient count for a summary written before it said so)."""
     if not isinstance(comparisons, list) or not comparisons:
         return None
-    keys = ["arm", "baseline", "mean_diff", "ci95", "wilcoxon_p"]
     extra = []
     for comp in comparisons:
         if isinstance(comp, Mapping):
-            extra += [k for k in comp if k not in keys and k not in extra]
-    header = ["arm", "baseline", "mean difference", "95% CI", "Wilcoxon p"] + [str(k) for k in extra]
+            extra += [k for k in comp if k not in COMPARISON_KEYS and k not in extra]
+    header = ["arm", "baseline", "mean difference", "95% CI", "Wilcoxon p", "patients", "", "note"] + \
+        [str(k) for k in extra]
     rows = []
     for comp in comparisons:
         if not isinstance(comp, Mapping):
             continue
+        n, note = comp.get("n_patients"), comp.get("note")
+        descriptive = comp.get("descriptive")
+        if descriptive is None and isinstance(n, int):
+            descriptive = is_descriptive(n)
+            note = "; ".join(x for x in (note, descriptive_note(n) if descriptive else None) if x) or None
         rows.append([fmt(comp.get("arm")), fmt(comp.get("baseline")), fmt(comp.get("mean_diff")),
-                     fmt(comp.get("ci95")), fmt_p(comp.get("wilcoxon_p"))] + [fmt(comp.get(k)) for k in extra])
-    return Table(header, rows, [False, False] + [True] * (len(header) - 2))
+                     fmt(comp.get("ci95")), fmt_p(comp.get("wilcoxon_p")), fmt(n),
+                     "descriptive" if descriptive else "", fmt(note or None)] + [fmt(comp.get(k)) for k in extra])
+    return Table(header, rows, [False, False, True, True, True, True, False, False] + [True] * len(extra))
 
 
-def evaluation_section(layout: ResultsLayout, figures: list[Figure]) -> dict:
-    """Per-patient metrics per arm, their spread, and the paired comparisons between arms."""
+CONFUSION_CAPTION = ("Rows = annotation (reference), columns = prediction; pixels pooled over the test "
+                     "patients. Column unannotated: annotated pixels the prediction left outside its tissue mask.")
+
+
+def _confusion(scores: PatientScores, classes: Sequence[str] | None) -> list[dict]:
+    """Per arm, the confusion matrix pooled over patients (the sum of the per-patient cells), as a
+    table whose corner cell and caption say how it reads."""
+    if E.CONFUSION not in scores.df.columns:
+        return []
+    out = []
+    for arm in scores.arms:
+        total, names = None, None
+        for cell in scores.df.loc[scores.df[scores.arm] == arm, E.CONFUSION]:
+            parsed = read_confusion(cell, classes)
+            if parsed is None or (names is not None and parsed[0] != names):
+                total = None
+                break
+            names, total = parsed[0], parsed[1] if total is None else total + parsed[1]
+        if total is None:
+            continue
+        rows = [[f"true: {names[t]}"] + [fmt(int(v)) for v in total[t]] for t in range(1, len(names))]
+        out.append({"arm": arm, "caption": f"{arm}: {CONFUSION_CAPTION}",
+                    "table": Table(["truth \\ prediction"] + [f"pred: {n}" for n in names], rows,
+                                   [False] + [True] * len(names))})
+    return out
+
+
+def evaluation_section(layout: ResultsLayout, figures: list[Figure], classes: Sequence[str] | None = None) -> dict:
+    """Per-patient metrics per arm, their spread, the paired comparisons between arms and the pooled
+    confusion matrices (``classes``: the config's, to name the label values of older bare matrices)."""
     summary = read_json(layout.eval_summary)
     per_patient, pp_path = first_table(layout.per_patient)
     if summary is None and per_patient is None:
@@ -133,11 +175,13 @@ def evaluation_section(layout: ResultsLayout, figures: list[Figure]) -> dict:
         "variability": _variability(summary_arms, scores),
         "per_class": _per_class(summary_arms),
         "comparisons": _comparisons(summary.get("comparisons")),
+        "descriptive_below": DESCRIPTIVE_BELOW,
         "metric": scores.metric if scores else None,
         "per_arm": [],
         "box": None,
         "bars": None,
         "per_patient_note": None,
+        "confusion": [],
     }
     if scores is None:
         out["per_patient_note"] = (f"{pp_path} has no arm / patient / Dice columns" if per_patient is not None
@@ -151,12 +195,13 @@ def evaluation_section(layout: ResultsLayout, figures: list[Figure]) -> dict:
                   f"Per-patient {scores.metric}, grouped by patient")
     figures += [box, bars]
     out["box"], out["bars"] = box, bars
+    # the JSON confusion cells are shown as tables of their own (below), not as text in these
     metric_cols = [c for c in scores.df.columns if c not in (scores.arm, scores.patient, E.CONFUSION)]
-    # (confusion matrices are for machines)
     for arm in scores.arms:
         sub = scores.df.loc[scores.df[scores.arm] == arm, [scores.patient] + metric_cols]
         sub = sub.sort_values(scores.patient, key=lambda s: s.map(natural_key))
         out["per_arm"].append({"arm": arm, "table": frame_table(sub)})
+    out["confusion"] = _confusion(scores, classes)
     out["scores"] = scores
     return out
 

@@ -16,10 +16,13 @@ import numpy as np
 import pandas as pd
 
 from sedm.diffusion import outputs as D
+from sedm.flags import FLAGS
 from sedm.report import plots
 from sedm.report.layout import ResultsLayout
 from sedm.report.tables import Figure, Table, fmt, frame_table, not_run, png_bytes, read_json, read_table
 from sedm.segmentation import outputs as S
+from sedm.synthesis.stats import fidelity_flags
+from sedm.synthesis.style_check import transfer_flags
 
 MAX_QC_THUMBNAILS = 200
 
@@ -175,7 +178,7 @@ def _stats_view(stats: Any) -> dict:
     channels = stats.get("channels") if isinstance(stats.get("channels"), list) else None
     sides = [k for k, v in stats.items() if isinstance(v, Mapping)]
     scalars = {str(k): fmt(v) for k, v in stats.items()
-               if k not in sides and k not in ("channels", "slide_id")}
+               if k not in sides and k not in ("channels", "slide_id", FLAGS)}
     numeric = [str(k) for k, v in stats.items() if k in scalars and (v is None or isinstance(v, (int, float)))]
     if not sides:
         return {"scalars": scalars, "numeric": numeric, "table": None}
@@ -209,7 +212,9 @@ def synthesis_section(samples: pd.DataFrame, layout: ResultsLayout, figures: lis
         if png is not None:
             fig = Figure("synthesis", f"montage_{slide}", png, f"Synthetic tiles in the style of {slide}")
             figures.append(fig)
-        items.append({"slide": slide, "montage": fig, "stats": None if stats is None else _stats_view(stats)})
+        flags = fidelity_flags(stats) if isinstance(stats, Mapping) else []
+        items.append({"slide": slide, "montage": fig, "stats": None if stats is None else _stats_view(stats),
+                      "flags": flags})
     if not items:
         missing = [layout.synthesis_montage(s) for s in slides[:2]] or ["no unlabelled slides in the sample sheet"]
         return not_run(missing)
@@ -218,8 +223,9 @@ def synthesis_section(samples: pd.DataFrame, layout: ResultsLayout, figures: lis
             if all(it["stats"] and k in it["stats"]["numeric"] for it in items)]
     overview = None
     if keys and len(items) > 1:
-        overview = Table(["slide"] + keys, [[it["slide"]] + [it["stats"]["scalars"][k] for k in keys] for it in items],
-                         [False] + [True] * len(keys))
+        overview = Table(["slide"] + keys + [""],
+                         [[it["slide"]] + [it["stats"]["scalars"][k] for k in keys] + ["flagged" if it["flags"] else ""]
+                          for it in items], [False] + [True] * len(keys) + [False])
     return {"ran": True, "items": items, "n_slides": len(slides), "overview": overview,
             "memorisation": memorisation_table(slides, layout)}
 
@@ -252,8 +258,9 @@ def style_transfer_section(layout: ResultsLayout, figures: list[Figure]) -> dict
     check, fidelity = read_json(layout.style_check), read_json(layout.layout_fidelity)
     if check is None and fidelity is None:
         return not_run([layout.style_check, layout.layout_fidelity])
-    out: dict[str, Any] = {"ran": True, "headline": {}, "pairs": None, "grid": None}
+    out: dict[str, Any] = {"ran": True, "headline": {}, "pairs": None, "grid": None, "flags": []}
     if check is not None:
+        out["flags"] = transfer_flags(check)
         t, s, chance = check["transfer"], check["separability"], check.get("transfer_random_init", {})
         out["headline"].update({
             "transfer ratio (median over pairs)": fmt(t["median"]),

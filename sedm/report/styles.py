@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sedm.flags import FLAGS
 from sedm.report import plots
 from sedm.report.layout import ResultsLayout
 from sedm.report.tables import Figure, Table, fmt, fmt_p, natural_key, not_run, read_json
-from sedm.styles.space import (KIND, REAL, ROLE, SLIDE_ID, SPACES, SYNTHETIC, StyleSpace, fit_space, nearest_labelled,
-                               patient_distances, read_table)
+from sedm.styles.space import (KIND, REAL, ROLE, SLIDE_ID, SOURCE_TO_LABELLED, SPACES, SYNTHETIC, TO_SOURCE, StyleSpace,
+                               fit_space, patient_distances, read_table, synthetic_offsets)
 
 SPACE_TITLES = {"stain": "stain features (HED optical density, brightness, saturation, sharpness)",
                 "embedding": "the diffusion model's style vectors"}
@@ -62,7 +63,7 @@ def style_map_section(samples: pd.DataFrame, layout: ResultsLayout, evaluation: 
     test_slides = samples.loc[samples["role"] == "test", "slide_id"].tolist()
     scores = evaluation.get("scores")
     out: dict[str, Any] = {"ran": True, "maps": [], "distances": None, "gain": [], "synthetic": None,
-                           "correlations": _correlations(style_distance)}
+                           "synthetic_flags": [], "correlations": _correlations(style_distance)}
     dist_cols: dict[str, pd.Series] = {}
     for name in SPACES:
         space = fit_space(table, name)
@@ -88,7 +89,7 @@ def style_map_section(samples: pd.DataFrame, layout: ResultsLayout, evaluation: 
             figures.append(gain)
             out["gain"].append(gain)
         if name == "stain":
-            out["synthetic"] = _synthetic_table(table, space)
+            out["synthetic"], out["synthetic_flags"] = _synthetic_table(table, space)
     if not out["maps"]:
         return not_run([f"{layout.style_table} has fewer than two slides with finite features"])
     if dist_cols:
@@ -99,18 +100,15 @@ def style_map_section(samples: pd.DataFrame, layout: ResultsLayout, evaluation: 
     return out
 
 
-def _synthetic_table(table: pd.DataFrame, space: StyleSpace) -> Table | None:
+def _synthetic_table(table: pd.DataFrame, space: StyleSpace) -> tuple[Table | None, list[str]]:
     """Per synthetic set: its distance to its source slide and, for scale, the source's distance to
-    the nearest labelled slide (a set closer to its source than that took on the source's style)."""
-    syn = table[table[KIND] == SYNTHETIC]
-    if not len(syn):
-        return None
-    real = table[table[KIND] == REAL].set_index(SLIDE_ID)
-    to_labelled = nearest_labelled(table, space)
-    z_syn = space.standardise(syn)
-    rows = []
-    for (_, row), z in zip(syn.iterrows(), z_syn):
-        slide = row[SLIDE_ID]
-        d = float(np.linalg.norm(z - space.standardise(real.loc[[slide]])[0])) if slide in real.index else None
-        rows.append([slide, fmt(d), fmt(to_labelled.get(slide))])
-    return Table(["source slide", "synthetic set to source", "source to nearest labelled"], rows, [False, True, True])
+    the nearest labelled slide (a set closer to its source than that took on the source's style; one
+    farther is flagged, :func:`sedm.styles.space.synthetic_offsets`); and the flags of every set."""
+    offsets = synthetic_offsets(table, space)
+    if not len(offsets):
+        return None, []
+    rows = [[slide, fmt(r[TO_SOURCE]), fmt(r[SOURCE_TO_LABELLED]), "flagged" if r[FLAGS] else ""]
+            for slide, r in offsets.iterrows()]
+    flags = [f for its in offsets[FLAGS] for f in its]
+    return Table(["source slide", "synthetic set to source", "source to nearest labelled", ""], rows,
+                 [False, True, True, False]), flags

@@ -14,7 +14,7 @@ Outputs (each written atomically):
   ``source`` is the slide's store (a path relative to the prediction, so a results folder moves
   whole). Optionally ``probabilities`` (K, H, W) float16 at level 0. ``attrs["sedm"]`` names slide,
   arm, classes, µm/px and model.
-* an overlay PNG (slide thumbnail with class colours),
+* an overlay PNG (slide thumbnail with class colours, and a legend of them below it),
 * a GeoJSON FeatureCollection of the predicted regions (QuPath annotations with classification
   name and colour) in level-0 pixel coordinates of the original slide.
 """
@@ -27,7 +27,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ import numpy as np
 import shapely
 import torch
 import zarr
-from PIL import Image
+from PIL import Image, ImageDraw
 from shapely.geometry import LineString, mapping
 from skimage.measure import find_contours
 from tqdm import tqdm
@@ -54,6 +54,8 @@ from sedm.tiling.store import SlideStore, compressor
 log = logging.getLogger(__name__)
 
 OVERLAY_ALPHA = 0.45
+LEGEND_SWATCH, LEGEND_PAD = 10, 4
+"""Side of a class colour square in the overlay legend, and the spacing around its entries (px)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -228,9 +230,34 @@ def predict(cfg: Mapping[str, Any], *, model_dir: Path, store_path: Path, out: P
 
 
 # ----------------------------------------------------------------------------------------- overlay
+def legend(entries: Sequence[tuple[str, tuple[int, int, int]]], width: int) -> Image.Image:
+    """A white band of colour squares with their class names, wrapped into rows of ``width`` px (wider
+    when a single entry needs it)."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    sizes = [draw.textbbox((0, 0), name) for name, _ in entries]
+    line = max([LEGEND_SWATCH] + [b[3] - b[1] for b in sizes])
+    items = [LEGEND_SWATCH + LEGEND_PAD + (b[2] - b[0]) for b in sizes]
+    width = max([width] + [w + 2 * LEGEND_PAD for w in items])
+    places, x, y = [], LEGEND_PAD, LEGEND_PAD
+    for w in items:
+        if x > LEGEND_PAD and x + w + LEGEND_PAD > width:
+            x, y = LEGEND_PAD, y + line + LEGEND_PAD
+        places.append((x, y))
+        x += w + 2 * LEGEND_PAD
+    band = Image.new("RGB", (width, y + line + LEGEND_PAD), (255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    for (name, rgb), (x, y), box in zip(entries, places, sizes):
+        top = y + (line - LEGEND_SWATCH) // 2
+        draw.rectangle((x, top, x + LEGEND_SWATCH - 1, top + LEGEND_SWATCH - 1), fill=tuple(rgb), outline=(0, 0, 0))
+        draw.text((x + LEGEND_SWATCH + LEGEND_PAD - box[0], y + (line - (box[3] - box[1])) // 2 - box[1]), name,
+                  fill=(0, 0, 0))
+    return band
+
+
 def write_overlay(path: Path, store: SlideStore, pred: zarr.Array, colors: Mapping[int, tuple[int, int, int]],
                   max_size: int, band: int) -> None:
-    """Thumbnail of the slide with predicted classes blended in, longest side <= ``max_size``."""
+    """Thumbnail of the slide with predicted classes blended in, longest side <= ``max_size``, above a
+    legend of the class colours (named as the store's classes, i.e. the config's)."""
     h, w = store.shape
     f = max(1, -(-max(h, w) // max_size))  # store pixels per overlay pixel
     rows, cols = np.arange(0, h, f), np.arange(0, w, f)
@@ -244,8 +271,13 @@ def write_overlay(path: Path, store: SlideStore, pred: zarr.Array, colors: Mappi
     for value, rgb in colors.items():
         sel = labels == value
         out[sel] = (1 - OVERLAY_ALPHA) * out[sel] + OVERLAY_ALPHA * np.asarray(rgb, np.float32)
+    thumb = Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+    key = legend([(name, colors[value]) for name, value in class_values(store.classes).items()], thumb.width)
+    canvas = Image.new("RGB", (key.width, thumb.height + key.height), (255, 255, 255))
+    canvas.paste(thumb, (0, 0))
+    canvas.paste(key, (0, thumb.height))
     with atomic_path(path) as tmp:
-        Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8)).save(tmp, format="PNG")
+        canvas.save(tmp, format="PNG")
 
 
 # ----------------------------------------------------------------------------------------- GeoJSON

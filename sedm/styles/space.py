@@ -14,6 +14,10 @@ The documented choice (README, report):
 * **Map**: PCA of the standardised features, fitted on the real slides; synthetic sets are placed by
   the same standardisation and axes, so a set lying beside its source slide took on its style. Each
   axis' sign makes its largest loading positive, so the map does not flip between runs.
+* **Synthetic set vs its source** (:func:`synthetic_offsets`): a synthetic set's distance to its
+  source slide, beside the source's distance to the nearest labelled slide. A set farther from its
+  source than that is flagged (``flags`` of :mod:`sedm.flags`): the labelled tiles themselves were
+  already closer to the source's style than the synthetic ones, so the set does not carry it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from sedm.flags import FLAGS
 from sedm.styles.features import FEATURES
 
 SLIDE_ID, PATIENT_ID, ROLE, KIND = "slide_id", "patient_id", "role", "kind"
@@ -104,6 +109,33 @@ def nearest_labelled(table: pd.DataFrame, space: StyleSpace) -> pd.Series:
         out[slide] = float(np.sqrt(((refs - v) ** 2).sum(axis=1)).min()) if len(refs) and np.isfinite(v).all() \
             else float("nan")
     return pd.Series(out, name=f"{space.name}_distance", dtype=np.float64)
+
+
+TO_SOURCE, SOURCE_TO_LABELLED = "to_source", "source_to_labelled"
+"""Columns of :func:`synthetic_offsets` (the style table prefixes them with the space's name)."""
+
+
+def synthetic_offsets(table: pd.DataFrame, space: StyleSpace) -> pd.DataFrame:
+    """Per synthetic set with finite features in ``space`` (index: its source slide ID): its distance
+    to the source slide (:data:`TO_SOURCE`, NaN when the source is not in the table), the source's
+    distance to the nearest labelled slide (:data:`SOURCE_TO_LABELLED`, :func:`nearest_labelled`),
+    and :data:`~sedm.flags.FLAGS`, a list: flagged where the set is farther from its source than that."""
+    syn = table[table[KIND] == SYNTHETIC]
+    syn = syn[np.isfinite(syn[space.columns].to_numpy(np.float64)).all(axis=1)]
+    real = table[table[KIND] == REAL].drop_duplicates(SLIDE_ID).set_index(SLIDE_ID)
+    to_labelled = nearest_labelled(table, space)
+    rows = {}
+    for (_, row), z in zip(syn.iterrows(), space.standardise(syn)):
+        slide = row[SLIDE_ID]
+        d = float(np.linalg.norm(z - space.standardise(real.loc[[slide]])[0])) if slide in real.index else np.nan
+        ref = float(to_labelled.get(slide, np.nan))
+        flags = []
+        if d > ref:  # False for NaN: nothing to compare is nothing flagged
+            flags.append(f"synthetic set of {slide} is farther from its source slide in the {space.name} space "
+                         f"({d:.3f}) than the nearest labelled slide is ({ref:.3f}): it does not carry its "
+                         "source's style")
+        rows[slide] = {TO_SOURCE: d, SOURCE_TO_LABELLED: ref, FLAGS: flags}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=[TO_SOURCE, SOURCE_TO_LABELLED, FLAGS])
 
 
 def patient_distances(table: pd.DataFrame, space: StyleSpace, slides: Sequence[str] | None = None) -> pd.Series:

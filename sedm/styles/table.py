@@ -4,6 +4,10 @@ Columns: identity (:data:`sedm.styles.space.SLIDE_ID`, ...), tissue pixels, the 
 :mod:`sedm.styles.features` and, once the diffusion model exists, the mean style vector and its spread
 (:mod:`sedm.styles.embedding`). The evaluation and the report read it through
 :mod:`sedm.styles.space`.
+
+Synthetic rows also get, per style space they have features in, ``<space>_to_source`` and
+``<space>_source_to_labelled`` (:func:`sedm.styles.space.synthetic_offsets`), and every row a
+``flags`` column (:mod:`sedm.flags`; empty when nothing is doubtful), each flag also logged at WARNING.
 """
 
 from __future__ import annotations
@@ -14,12 +18,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sedm.atomic import atomic_path
 from sedm.config import load_samples
 from sedm.errors import InputError
-from sedm.styles.space import REAL, SYNTHETIC, cohort_table
+from sedm.flags import FLAGS, cell, warn
+from sedm.styles.space import (KIND, REAL, SLIDE_ID, SOURCE_TO_LABELLED, SPACES, SYNTHETIC, TO_SOURCE, cohort_table,
+                               fit_space, synthetic_offsets)
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +62,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="TSV of the cohort table")
 
 
+def with_offsets(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with each synthetic set's offsets from its source and the flags (module docstring);
+    the flags are logged at WARNING, one line per synthetic set and flag."""
+    table = table.copy()
+    flags: dict[str, list[str]] = {}
+    synthetic = (table[KIND] == SYNTHETIC).to_numpy()
+    for name in SPACES:
+        space = fit_space(table, name)
+        if space is None:
+            continue
+        offsets = synthetic_offsets(table, space)
+        if not len(offsets):
+            continue
+        for col in (TO_SOURCE, SOURCE_TO_LABELLED):
+            table[f"{name}_{col}"] = np.where(synthetic, table[SLIDE_ID].map(offsets[col]), np.nan)
+        for slide, its in offsets[FLAGS].items():
+            flags.setdefault(slide, []).extend(its)
+    table[FLAGS] = [cell(warn(log, flags.get(slide, []))) if syn else ""
+                    for slide, syn in zip(table[SLIDE_ID], synthetic)]
+    return table
+
+
 def run(args: argparse.Namespace) -> int:
     samples = load_samples(args.samples)
     table = cohort_table(samples, _read(args.stats, samples, "--stats", REAL),
                          _read(args.synthetic, samples, "--synthetic", SYNTHETIC),
                          _read(args.embeddings, samples, "--embeddings", None))
+    table = with_offsets(table)
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     log.info("style table: %d slides, %d synthetic sets", (table["kind"] == REAL).sum(),

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from sedm.config import validate_config
+from sedm.config import validate_section
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED
 from sedm.synthesis.windows import read_padded, window_in_tile
@@ -118,7 +118,7 @@ class LayoutSampler:
         self.classes = list(classes)
         self.patch_size = int(patch_size)
         # switches not given take the schema's defaults (synthesis.augment), the one place they live
-        self.augment = {**validate_config({})["synthesis"]["augment"], **(augment or {})}
+        self.augment = {**validate_section("synthesis")["augment"], **(augment or {})}
         self.stores: list[SlideStore] = []
         tables = []
         for i, path in enumerate(stores):

@@ -16,6 +16,8 @@ data. Three measures over the unlabelled slides (styles the diffusion model neve
   are skipped. The same figures of a randomly initialised model of the same architecture are the
   chance level: with few pairs its arbitrary, large colour moves can give a fair median, but not a
   worst pair that stays positive, so the worst pair is the half of the target that chance fails.
+  A trained model whose median is at or below its randomly initialised twin's is flagged
+  (:func:`transfer_flags`): however high it reads, training is not shown to add any style transfer.
 * **Encoder separability**: between-slide over within-slide variance of the style vectors the model
   makes of single patches (encoder, aggregation and, where the model has it, the stain-statistics
   path). Reported next to the same figure for a randomly initialised model of the same
@@ -44,6 +46,7 @@ from sedm.atomic import atomic_path, write_text
 from sedm.config import add_config_arguments, load_config
 from sedm.seeds import rng_for
 from sedm.errors import InputError
+from sedm.flags import FLAGS, warn
 from sedm.stain.statistics import mean_tissue_od
 from sedm.labels import colorize
 
@@ -163,6 +166,18 @@ def annotated_layouts(sampler: Any, n: int, rng: np.random.Generator, tries: int
 
 
 # --------------------------------------------------------------------------------- the command
+def transfer_flags(measures: Mapping[str, Any]) -> list[str]:
+    """Flags (:mod:`sedm.flags`) of a style-check record: the trained model's median transfer ratio at
+    or below the randomly initialised model's, i.e. at chance level for this measure. Nothing is
+    flagged where either median is undefined (no informative pair)."""
+    median = (measures.get("transfer") or {}).get("median")
+    chance = (measures.get("transfer_random_init") or {}).get("median")
+    if not isinstance(median, (int, float)) or not isinstance(chance, (int, float)) or median > chance:
+        return []
+    return [f"transfer ratio median {median:.3f} is at or below chance (randomly initialised model: "
+            f"{chance:.3f}): the trained model is not shown to take its style from the style patches"]
+
+
 def encoder_fn(model: Any) -> EncodeFn:
     """Style vectors of single patches (N = 1) as ``model`` makes them."""
     import torch
@@ -255,6 +270,7 @@ def measure(config: dict[str, Any], model_dir: str | Path, labelled: Sequence[st
         "sampling": generator.settings,
         **measures,
     }
+    result[FLAGS] = warn(log, transfer_flags(result), "style check")
     write_style_grid(grid, labels, styles, outputs)
     write_text(out, json.dumps(result, indent=2) + "\n")
     return result

@@ -17,7 +17,10 @@ back, so every output has its input's size. Outputs: ``<out>/<input stem>.png`` 
 ``<out>/stylize.json``: model hash, settings, which style patches each output was conditioned on,
 and per image whether it worked: the distance of its mean tissue optical density to the style
 patches' before and after (``colour_transfer`` = 1 - after / before: 1 = the style's stain, 0 =
-unchanged) and the SSIM of luminance between input and output (structure kept).
+unchanged) and the SSIM of luminance between input and output (structure kept). Outputs that lost
+the input's structure or moved away from the style are flagged (:func:`output_flags`): ``flags`` in
+their record and, with the image's name, in the file's top-level ``flags`` (:mod:`sedm.flags`), each
+logged at WARNING.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from sedm.atomic import atomic_path, write_text
-from sedm.config import load_config, validate_config
+from sedm.config import load_config, validate_section
 from sedm.errors import InputError
+from sedm.flags import FLAGS, warn
 from sedm.labels import UNANNOTATED, unknown_tissue_value
 from sedm.seeds import rng_for
 from sedm.stain.statistics import mean_tissue_od, tissue_pixels
@@ -45,6 +49,17 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STRENGTH = 0.4
 PROVENANCE_NAME = "stylize.json"
+MIN_SSIM_LUMINANCE = 0.5
+"""Outputs whose SSIM of luminance with their input is below this are flagged as having lost its
+structure. SSIM averages, over local windows, the product of a luminance, a contrast and a structure
+(correlation) term, each at most 1. A change of stain keeps the structure term near 1: even doubling
+(or halving) both the local brightness and the local contrast costs a factor 2 * 2 / (1 + 4) = 0.8 in
+each of the other two terms, 0.64 in all. Noise, or tissue the model drew anew, has a structure
+term near 0 and scores near 0. 0.5 lies between: an output below it differs from its input by more
+than any plausible change of stain."""
+MIN_COLOUR_TRANSFER = 0.0
+"""Outputs whose colour transfer is below this are flagged: their mean tissue optical density ended
+farther from the style patches' than the input's was, so they moved away from the style."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -193,6 +208,19 @@ def transfer_measures(rgb: np.ndarray, result: np.ndarray, patches: np.ndarray) 
             "ssim_luminance": ssim, "output_tissue_fraction": float(tissue_pixels(result).mean())}
 
 
+def output_flags(measures: dict[str, Any]) -> list[str]:
+    """Flags of one output's :func:`transfer_measures`: lost structure (:data:`MIN_SSIM_LUMINANCE`),
+    moved away from the style (:data:`MIN_COLOUR_TRANSFER`). Undefined measures flag nothing."""
+    flags = []
+    ssim, transfer = measures.get("ssim_luminance"), measures.get("colour_transfer")
+    if ssim is not None and ssim < MIN_SSIM_LUMINANCE:
+        flags.append(f"lost the input's structure: SSIM of luminance {ssim:.2f} < {MIN_SSIM_LUMINANCE}")
+    if transfer is not None and transfer < MIN_COLOUR_TRANSFER:
+        flags.append(f"moved away from the style: colour transfer {transfer:.2f} < {MIN_COLOUR_TRANSFER:g} (the "
+                     "output's stain is farther from the style patches' than the input's)")
+    return flags
+
+
 def style_source(args: argparse.Namespace, mcfg: dict[str, Any]) -> StyleSource:
     size = int(mcfg["style_patch_size"])
     if args.style_images:
@@ -207,7 +235,8 @@ def style_source(args: argparse.Namespace, mcfg: dict[str, Any]) -> StyleSource:
     if not mcfg.get("mpp"):
         raise InputError(args.model, "mpp", "the model records no µm/px, so slide patches cannot be read at it",
                          "pass --style-images at the model's resolution, or a sedm .zarr store of the slide")
-    cfg = load_config(args.config) if args.config else validate_config({})
+    cfg = (load_config(args.config) if args.config else
+           {section: validate_section(section) for section in ("slides", "tissue")})
     return SlideFileStyleSource(path, size=size, mpp=float(mcfg["mpp"]), min_tissue_fraction=args.min_tissue_fraction,
                                 slides_cfg=cfg["slides"], tissue_cfg=cfg["tissue"])
 
@@ -248,10 +277,11 @@ def stylize(pairs: list[tuple[Path, Path | None]], style: StyleSource, generator
         target = out / f"{image_path.stem}.png"
         with atomic_path(target) as tmp:
             Image.fromarray(result).save(tmp, format="PNG")
+        measures = transfer_measures(rgb, result, patches)
         records.append({"input": str(image_path), "mask": None if mask_path is None else str(mask_path),
                         "layout": "mask" if mask_path else ("tissue" if cfg.tissue_channel else "unannotated"),
-                        "output": str(target), "style": [list(loc) for loc in where],
-                        **transfer_measures(rgb, result, patches)})
+                        "output": str(target), "style": [list(loc) for loc in where], **measures,
+                        FLAGS: warn(log, output_flags(measures), image_path.name)})
     return records
 
 
@@ -278,7 +308,8 @@ def run(args: argparse.Namespace) -> int:
                                                              "output_tissue_fraction")}
     meta = {"model": str(args.model), "model_sha256": model_sha256(args.model), **generator.settings,
             "strength": args.strength, "seed": args.seed, "style_source": style.slide_id,
-            "mpp": mcfg.get("mpp"), "input_mpp": args.mpp, "median": summary, "images": records}
+            "mpp": mcfg.get("mpp"), "input_mpp": args.mpp, "median": summary,
+            FLAGS: [f"{Path(r['input']).name}: {f}" for r in records for f in r[FLAGS]], "images": records}
     write_text(Path(args.out) / PROVENANCE_NAME, json.dumps(meta, indent=2) + "\n")
     log.info("restyled %d image(s) into %s (median colour transfer %s, SSIM of luminance %s)", len(records),
              args.out, summary["colour_transfer"], summary["ssim_luminance"])

@@ -24,6 +24,7 @@ from sedm import __version__
 from sedm.atomic import write_text
 from sedm.config import add_config_arguments, load_config
 from sedm.errors import InputError
+from sedm.flags import FLAGS, warn
 from sedm.labels import class_values
 from sedm.seeds import rng_for
 from sedm.stain.statistics import HedAccumulator
@@ -231,6 +232,7 @@ def _assemble(job: Job, work: ShardDir, plan: list[Shard], settings: dict, monta
     log.info("%s: %d samples, HED distance %s (labelled slides: %s), style fidelity %s", job.styles.slide_id,
              job.n_samples, _fmt(stats["hed_distance"]), _fmt(stats["hed_distance_source"]),
              _fmt(stats["style_fidelity"]))
+    warn(log, stats[FLAGS], job.styles.slide_id)
 
 
 def _fmt(v: float | None) -> str:

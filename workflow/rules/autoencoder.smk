@@ -32,6 +32,6 @@ rule train_autoencoder:
     conda:
         ENV
     shell:
-        "{SEDM} train-autoencoder --config {input.config:q} --runtime {resources.sedm_runtime:q} --stores {input.stores:q}"
+        "sedm train-autoencoder --config {input.config:q} --runtime {resources.sedm_runtime:q} --stores {input.stores:q}"
         " {params.unlabelled:q} --out {output.model:q} --qa {output.qa:q} --montage {output.montage:q}"
         " --run-dir {params.run_dir:q} --resume auto --threads {threads} --log {log:q}"

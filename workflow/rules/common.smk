@@ -3,11 +3,8 @@
 import hashlib
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
-
-from snakemake.settings.types import DeploymentMethod
 
 from sedm.config import (STAGE_SECTIONS, check_cohort, cohort_warnings, load_samples, require_samples,
                          runtime_config, stage_config, validate_config)
@@ -28,11 +25,15 @@ try:
 except InputError as exc:
     raise WorkflowError(str(exc)) from None
 
-# Rules run the sedm of the Python that runs Snakemake: a virtualenv need not be activated, and a `sedm` or
-# `python` found first on PATH (another install, the system's) is never used. Under --use-conda each job's
-# environment (envs/sedm.yaml) provides `sedm` instead.
-SEDM = ("sedm" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-        else f"{shlex.quote(sys.executable)} -m sedm")
+# Jobs run the sedm installed beside the Python that runs Snakemake: its bin folder goes first on the PATH
+# the jobs inherit, as activating its virtualenv would, so a `sedm` or `python` found first on PATH (another
+# install, the system's) is never used. Jobs under --use-conda activate their own environment over it.
+envvars:
+    "PATH",
+
+
+JOB_PATH = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
+os.environ["PATH"] = JOB_PATH
 
 R = config["results"]
 SLIDES = SAMPLES.index.tolist()

@@ -16,4 +16,4 @@ rule stage_config:
     conda:
         ENV
     shell:
-        "{SEDM} write-config --stage {wildcards.stage:q} --json {params.snapshot:q} --out {output:q} --log {log:q}"
+        "sedm write-config --stage {wildcards.stage:q} --json {params.snapshot:q} --out {output:q} --log {log:q}"

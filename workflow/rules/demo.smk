@@ -18,5 +18,5 @@ if config["demo"]["enabled"]:
         conda:
             ENV
         shell:
-            "{SEDM} demo-cohort --config {input.config:q} --samples {input.samples:q} --slide {wildcards.slide:q}"
+            "sedm demo-cohort --config {input.config:q} --samples {input.samples:q} --slide {wildcards.slide:q}"
             " --out {params.out:q} --log {log:q}"

@@ -34,6 +34,6 @@ rule train_diffusion:
         ENV
     shell:
         # --gpus > 1 (diffusion.gpus or a profile's set-resources): one DDP process per GPU via torchrun
-        "{SEDM} train-diffusion --config {input.config:q} --runtime {resources.sedm_runtime:q} --stores {input.stores:q}"
+        "sedm train-diffusion --config {input.config:q} --runtime {resources.sedm_runtime:q} --stores {input.stores:q}"
         " {params.unlabelled:q} {params.autoencoder:q} --out {output:q} --run-dir {params.run_dir:q} --resume auto"
         " --threads {threads} --gpus {resources.gpu} --log {log:q}"

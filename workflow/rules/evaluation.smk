@@ -23,7 +23,7 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "{SEDM} evaluate --config {input.config:q} --samples {input.samples:q} --predictions {params.predictions:q}"
+        "sedm evaluate --config {input.config:q} --samples {input.samples:q} --predictions {params.predictions:q}"
         " --stores {params.stores:q} --styles {input.styles:q} --out {params.out:q} --log {log:q}"
 
 
@@ -54,5 +54,5 @@ rule layout_fidelity:
     conda:
         ENV
     shell:
-        "{SEDM} layout-fidelity --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q}"
+        "sedm layout-fidelity --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q}"
         " --synthetic {input.synthetic:q} {params.robust:q} {params.autoencoder:q} --out {output:q} --log {log:q}"

@@ -29,5 +29,5 @@ rule report:
     conda:
         ENV
     shell:
-        "{SEDM} report --config {input.config:q} --runtime {resources.sedm_runtime:q} --samples {input.samples:q}"
+        "sedm report --config {input.config:q} --runtime {resources.sedm_runtime:q} --samples {input.samples:q}"
         " --results {params.results:q} --out {output.html:q} --figures-dir {output.figures:q} --log {log:q}"

@@ -39,7 +39,7 @@ rule train_segmentation:
     conda:
         ENV
     shell:
-        "{SEDM} train-seg --config {input.config:q} --runtime {resources.sedm_runtime:q} --arm {wildcards.arm:q} --stores {input.stores:q}"
+        "sedm train-seg --config {input.config:q} --runtime {resources.sedm_runtime:q} --arm {wildcards.arm:q} --stores {input.stores:q}"
         " --samples {input.samples:q} {params.synthetic:q} --out {output.model:q}"
         " --run-dir {params.run_dir:q} --resume auto --threads {threads} --log {log:q}"
 
@@ -66,6 +66,6 @@ rule predict_slide:
     conda:
         ENV
     shell:
-        "{SEDM} predict --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q} --store {input.store:q}"
+        "sedm predict --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q} --store {input.store:q}"
         " --out {output.prediction:q} --overlay {output.overlay:q} --geojson {output.geojson:q}"
         " --threads {threads} --log {log:q}"

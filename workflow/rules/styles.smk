@@ -19,7 +19,7 @@ rule slide_style:
     conda:
         ENV
     shell:
-        "{SEDM} style-stats --store {input.store:q} --out {output:q} --threads {threads} --log {log:q}"
+        "sedm style-stats --store {input.store:q} --out {output:q} --threads {threads} --log {log:q}"
 
 
 rule synthetic_style:
@@ -39,7 +39,7 @@ rule synthetic_style:
     conda:
         ENV
     shell:
-        "{SEDM} style-stats --store {input.store:q} --out {output:q} --threads {threads} --log {log:q}"
+        "sedm style-stats --store {input.store:q} --out {output:q} --threads {threads} --log {log:q}"
 
 
 rule style_embedding:
@@ -60,7 +60,7 @@ rule style_embedding:
     conda:
         ENV
     shell:
-        "{SEDM} style-embedding --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q}"
+        "sedm style-embedding --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q}"
         " --store {input.store:q} --out {output:q} --log {log:q}"
 
 
@@ -80,5 +80,5 @@ rule style_table:
     conda:
         ENV
     shell:
-        "{SEDM} style-table --samples {input.samples:q} --stats {input.stats:q} --synthetic {params.synthetic:q}"
+        "sedm style-table --samples {input.samples:q} --stats {input.stats:q} --synthetic {params.synthetic:q}"
         " --embeddings {params.embeddings:q} --out {output:q} --log {log:q}"

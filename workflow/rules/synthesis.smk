@@ -38,7 +38,7 @@ rule synthesize:
     conda:
         ENV
     shell:
-        "{SEDM} synthesize --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q} --style-store {input.store:q}"
+        "sedm synthesize --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q} --style-store {input.store:q}"
         " --labelled {params.labelled:q} --n-samples {params.n:q} --threads {threads}"
         " --out {output.store:q} --montage {output.montage:q} --stats {output.stats:q} --log {log:q}"
 
@@ -68,7 +68,7 @@ rule near_copies:
     conda:
         ENV
     shell:
-        "{SEDM} near-copies --config {input.config:q} --runtime {resources.sedm_runtime:q} --synthetic {input.synthetic:q}"
+        "sedm near-copies --config {input.config:q} --runtime {resources.sedm_runtime:q} --synthetic {input.synthetic:q}"
         " --labelled {params.labelled:q} --threads {threads} --out {output:q} --log {log:q}"
 
 
@@ -95,6 +95,6 @@ rule style_check:
     conda:
         ENV
     shell:
-        "{SEDM} style-check --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q}"
+        "sedm style-check --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q}"
         " --labelled {params.labelled:q} --style-stores {input.stores:q} --out {output.json:q}"
         " --grid {output.grid:q} --log {log:q}"

@@ -22,7 +22,7 @@ rule tile_slide:
     conda:
         ENV
     shell:
-        "{SEDM} tile --config {input.config:q} --slide-id {wildcards.slide:q} --slide {input.slide:q}"
+        "sedm tile --config {input.config:q} --slide-id {wildcards.slide:q} --slide {input.slide:q}"
         " {params.annotation:q} --threads {threads} --out {output.store:q} --table {output.table:q}"
         " --qc {output.qc:q} --log {log:q}"
 
@@ -42,4 +42,4 @@ rule tiling_summary:
     conda:
         ENV
     shell:
-        "{SEDM} tiling-summary --samples {input.samples:q} --tables {input.tables:q} --out {output:q} --log {log:q}"
+        "sedm tiling-summary --samples {input.samples:q} --tables {input.tables:q} --out {output:q} --log {log:q}"
