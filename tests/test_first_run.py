@@ -155,6 +155,9 @@ def test_arm_maps_replace_the_demo_arms(data, tmp_path):
     proc = snakemake(config, "-n")
     assert proc.returncode == 0, proc.stderr
     assert _planned(proc.stdout, "train_segmentation") == 2
+    # the cluster's time limit is the cohort config's (schema default), not the demo's 60 minutes
+    train = proc.stdout.split("rule train_diffusion:", 1)[1].split("\n\n", 1)[0]
+    assert "runtime=1440," in train
 
 
 # ---------------------------------------------------------------------- mistakes: errors before compute

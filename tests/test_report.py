@@ -251,3 +251,18 @@ def test_report_renders_in_headless_chromium(cohort, tmp_path):
     assert img.std() > 10  # not blank
     # the header bar (accent colour) rendered at the top: dark pixels there, white page below
     assert img[:40].mean() < 150 < img[200:].mean()
+
+
+def test_cohort_section_shows_the_checks_before_the_run(repo, cohort):
+    """What `sedm validate` warned about is in the report too: a reader may never have seen the terminal."""
+    import yaml
+
+    from sedm.report.stages import cohort_section
+
+    config, samples, results, _ = cohort
+    flags = cohort_section(samples, ResultsLayout(results), config)["flags"]
+    assert flags and not any("demo" in f for f in flags)  # the fixture's one unlabelled slide, no demo values
+    copied = validate_config({**yaml.safe_load((repo / "config.yaml").read_text()), "samples": config["samples"],
+                              "demo": {"enabled": False}})
+    html, _ = build_report(copied, samples, results)
+    assert "demo&#39;s small CPU values" in html and "diffusion.max_steps: 300" in html

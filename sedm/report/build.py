@@ -80,7 +80,7 @@ def build_report(config: dict, samples: pd.DataFrame, results: str | Path, *, ti
     context: dict[str, Any] = {
         "title": title,
         "results": str(results),
-        "cohort": stages.cohort_section(samples, layout),
+        "cohort": stages.cohort_section(samples, layout, config),
         "tiling": stages.tiling_section(samples, layout, figures),
         "autoencoder": stages.autoencoder_section(layout, figures),
         "diffusion": stages.diffusion_section(layout, figures),

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sedm.config import cohort_warnings
 from sedm.diffusion import outputs as D
 from sedm.flags import FLAGS
 from sedm.report import plots
@@ -27,8 +28,10 @@ from sedm.synthesis.style_check import transfer_flags
 MAX_QC_THUMBNAILS = 200
 
 
-def cohort_section(samples: pd.DataFrame, layout: ResultsLayout) -> dict:
-    """Slides, patients and roles from the sample sheet, joined with the tiling summary if present."""
+def cohort_section(samples: pd.DataFrame, layout: ResultsLayout, config: dict | None = None) -> dict:
+    """Slides, patients and roles from the sample sheet, joined with the tiling summary if present, and
+    the warnings `sedm validate` printed before the run (demo settings in a cohort's config, ...): a
+    reader of the report may never have seen the terminal."""
     base = samples[["slide_id", "patient_id", "role"]].reset_index(drop=True)
     counts = []
     for role in ("labelled", "unlabelled", "test"):
@@ -52,6 +55,7 @@ def cohort_section(samples: pd.DataFrame, layout: ResultsLayout) -> dict:
         "n_slides": len(base),
         "n_patients": base["patient_id"].nunique(),
         "table": frame_table(table),
+        "flags": cohort_warnings(config, samples) if config is not None else [],
     }
 
 
