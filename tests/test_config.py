@@ -288,3 +288,20 @@ def test_nested_value_given_as_text_gets_a_hint():
     with pytest.raises(InputError) as exc:
         validate_config({**CLASSES, "synthesis": {"stain_match": "1.0"}})
     assert exc.value.field == "synthesis.stain_match" and "arrives as text" in exc.value.fix
+
+
+def test_file_warnings_name_unseen_classes_and_upsampled_slides(tmp_path):
+    """From the per-slide checks: a class of the config in no labelled annotation (a typo in `classes`)
+    and slides scanned coarser than tiling.mpp are warned about; a clean cohort gets no warning."""
+    from sedm.validate import _file_warnings
+
+    sheet = load_samples(write_sheet(tmp_path, [LABELLED, UNLABELLED, TEST]))
+    config = validate_config({**CLASSES, "tiling": {"mpp": 1.0}})
+    fine = {"A": {"mpp": 0.5, "classes": ["necrosis", "stroma", "tumour"]}, "U": {"mpp": 0.25, "classes": []},
+            "T": {"mpp": 1.0, "classes": ["tumour"]}}
+    assert _file_warnings(config, sheet, fine) == []
+    off = {**fine, "A": {"mpp": 2.0, "classes": ["tumour", "stroma"]}}
+    warnings = _file_warnings(config, sheet, off)
+    assert len(warnings) == 2
+    assert "necrosis of the config occur in no labelled slide" in warnings[0]
+    assert "1 slide(s) (A) are scanned coarser than tiling.mpp 1" in warnings[1]

@@ -129,7 +129,7 @@ def test_cli_writes_json_and_caps_tiles(labelled, tmp_path):
     images, _ = windows(labelled[0], 6, rng)
     synthetic = make_synthetic_set(tmp_path / "U.zarr", restain(images, rng))
     config = tmp_path / "config.yaml"
-    config.write_text("seed: 4\n")
+    config.write_text("seed: 4\nclasses: [tumour, stroma, necrosis]\n")
     out = tmp_path / "U.memorisation.json"
     args = ["near-copies", "--config", str(config), "--synthetic", str(synthetic), "--labelled",
             *map(str, labelled), "--out", str(out), "--max-tiles", "4"]
@@ -144,7 +144,7 @@ def test_cli_writes_json_and_caps_tiles(labelled, tmp_path):
 
 def test_bad_input_is_an_input_error(labelled, tmp_path, capsys):
     config = tmp_path / "config.yaml"
-    config.write_text("seed: 0\n")
+    config.write_text("seed: 0\nclasses: [tumour, stroma, necrosis]\n")
     rc = main(["near-copies", "--config", str(config), "--synthetic", str(tmp_path / "missing.zarr"),
                "--labelled", str(labelled[0]), "--out", str(tmp_path / "o.json")])
     assert rc == 2 and "not a Zarr store" in capsys.readouterr().err
