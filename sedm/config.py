@@ -297,20 +297,23 @@ def check_cohort(config: Mapping, samples: pd.DataFrame, config_file: str | Path
                  samples_file: str | Path | None = None) -> None:
     """What neither file's schema can say alone, checked before any job (Snakemake's parse, `sedm validate`).
 
-    The evaluation baseline is an arm; there is a labelled slide to train on; and no test patient
-    leaks into training: its labels never (a labelled slide of a test patient), its stain only on
-    purpose (an unlabelled slide of a test patient is a style source of the synthetic arms, allowed
-    by ``evaluation.allow_test_patient_styles``).
+    The evaluation baseline is an arm that is trained (a sweep's synthetic arms carry their share in
+    their names, :mod:`sedm.arms`, and its shares must name distinct arms); there is a
+    labelled slide to train on; and no test patient leaks into training: its labels never (a labelled
+    slide of a test patient), its stain only on purpose (an unlabelled slide of a test patient is a
+    style source of the synthetic arms, allowed by ``evaluation.allow_test_patient_styles``).
     """
     from sedm.labels import check_class_map
+    from sedm.arms import arm_variants
 
     sheet = samples_file or config["samples"]
     check_pyramid(config, config_file)
     check_class_map(config["class_map"], config["classes"], config_file)
     arms = config["segmentation"]["arms"]
-    if config["evaluation"]["baseline"] not in arms:
+    names = arm_variants(config["segmentation"], config_file)  # a sweep's arms are named by their share
+    if config["evaluation"]["baseline"] not in names:
         raise InputError(config_file, "evaluation.baseline", f"{config['evaluation']['baseline']!r} is not an arm",
-                         f"set it to one of segmentation.arms: {', '.join(arms)}")
+                         f"set it to one of the arms trained: {', '.join(names)}")
     if not (samples["role"] == "labelled").any():
         raise InputError(sheet, "role", "no slide has role 'labelled'; diffusion and segmentation train on them",
                          "mark at least one annotated slide labelled")

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 RESULTS: dict[str, str] = {
     "stage_config": "config/{stage}.json",
+    "arm_config": "config/segmentation/{arm}.json",  # a share sweep's per-arm snapshots (sedm.arms)
     "store": "tiles/{slide}.zarr",
     "tile_table": "tiles/{slide}.tiles.parquet",  # written with the store: later rules depend on the store
     "tissue_qc": "tiles/{slide}.qc.png",
@@ -40,6 +41,7 @@ RESULTS: dict[str, str] = {
     "layout_fidelity": "eval/layout_fidelity.json",  # sedm layout-fidelity: synthetic tiles vs their layouts
     "report_html": "report/report.html",  # not `report`: Snakemake's parser takes that for its keyword
     "report_figures": "report/figures",  # directory: <section>/<name>.png, for snakemake --report
+    "cost_gain": "report/cost_gain.json",  # sedm report: per arm, compute seconds beside its Dice gain
     "bench": "benchmarks/{rule}/{name}.tsv",  # Snakemake benchmark files, one per job
 }
 """Output path templates relative to the results folder; ``{slide}``, ``{arm}``, ... are wildcards."""

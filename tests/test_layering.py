@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     # utilities every stage may use; new small helpers (e.g. sedm.seeds, sedm.runtime) belong here
-    ("sedm", "sedm.errors", "sedm.atomic", "sedm.labels", "sedm.config", "sedm.seeds", "sedm.runtime",
+    ("sedm", "sedm.errors", "sedm.atomic", "sedm.labels", "sedm.config", "sedm.arms", "sedm.seeds", "sedm.runtime",
      "sedm.stain", "sedm.layout"),
     ("sedm.tiling",),  # slide -> store: the store every later stage reads
     ("sedm.models", "sedm.evaluation.metrics"),  # networks and metrics shared by the stages that train,

@@ -98,8 +98,8 @@ def test_full_report_shows_every_section_deterministically(cohort, tmp_path):
     assert re.search(r"best patient: P4 \(macro_dice 0\.900\)", text)
     assert re.search(r"worst patient: P5 \(macro_dice 0\.500\)", text)
     sections = {f.section for f in figures}
-    assert sections == {"tiling", "autoencoder", "diffusion", "synthesis", "segmentation", "evaluation", "styles",
-                        "predictions"}
+    assert sections == {"tiling", "autoencoder", "diffusion", "synthesis", "segmentation", "evaluation", "cost",
+                        "styles", "predictions"}
     # style map: the far patient P5 has the largest distance; correlations from summary.json, descriptive
     styles = re.search(r'<section id="styles">(.*?)</section>', html, flags=re.S).group(1)
     dist = {p: float(d) for p, d in re.findall(r"<tr><td>(P\d)</td><td class=\"num\">([0-9.]+)</td>", styles)}
@@ -141,8 +141,8 @@ def test_partial_pipeline_sections_say_not_run(tmp_path, capsys):
     assert rc == 0
     html = out.read_text()
     text = visible_text(html)
-    for section in ("tiling", "diffusion", "style-transfer", "synthesis", "segmentation", "evaluation", "styles",
-                    "predictions", "compute"):
+    for section in ("tiling", "diffusion", "style-transfer", "synthesis", "segmentation", "evaluation", "cost",
+                    "styles", "predictions", "compute"):
         body = re.search(rf'<section id="{section}">(.*?)</section>', html, flags=re.S).group(1)
         assert "Not run." in body, section
     assert "n_tiles" in text  # the cohort table still shows what the tiling summary has

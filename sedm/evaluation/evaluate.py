@@ -5,8 +5,9 @@ a patient's matrix is the sum of its slides' (so a patient counts once however m
 Dice / IoU per class and macro per patient (conventions, NaN for absent classes included, in
 sedm.evaluation.metrics); across patients mean, std, median, IQR and the worst patient, plus
 pooled over all pixels. Each arm is compared with the baseline arm on paired per-patient macro
-Dice: mean difference, patient-level bootstrap 95% CI and Wilcoxon signed-rank p-value, marked
-descriptive (and logged at WARNING) below :data:`sedm.evaluation.stats.DESCRIPTIVE_BELOW` patients.
+Dice: mean difference, patient-level bootstrap 95% CI and Wilcoxon signed-rank p-value, and the
+difference of the worst patients with its bootstrap CI, marked descriptive (and logged at WARNING)
+below :data:`sedm.evaluation.stats.DESCRIPTIVE_BELOW` patients.
 
 With ``--styles`` (the cohort table of ``sedm style-table``) each test patient also gets its distance
 to the nearest labelled style, and summary.json the rank correlation of Dice and of the gain over the
@@ -253,7 +254,8 @@ def evaluate(cfg: Mapping[str, Any], *, samples: pd.DataFrame, predictions: Mapp
             comp = paired_comparison(pivot[arm].to_numpy(), pivot[base].to_numpy(), int(ev["n_boot"]),
                                      int(cfg["seed"]) + i)
             comparisons.append({"arm": arm, "baseline": base, "mean_diff": comp["mean_diff"], "ci95": comp["ci95"],
-                                "wilcoxon_p": comp["wilcoxon_p"], "n_patients": comp["n"],
+                                "wilcoxon_p": comp["wilcoxon_p"], "worst_diff": comp["worst_diff"],
+                                "worst_ci95": comp["worst_ci95"], "n_patients": comp["n"],
                                 "descriptive": comp["descriptive"], "note": comp["note"]})
     style_distance = None
     if styles is not None:

@@ -125,12 +125,17 @@ def baseline_arm(config: Mapping[str, Any]) -> str:
 
 
 def load_segmenter(model_dir: str | Path, device: Any, amp: bool = False) -> tuple[SegmentFn, dict]:
-    """The best checkpoint of a segmentation model directory as a :data:`SegmentFn`, and its metadata."""
+    """The best checkpoint of a segmentation model directory as a :data:`SegmentFn`, and its metadata.
+    A model of a ``stain_norm`` arm sees each tile normalised to its stored target, as in training."""
     from sedm.segmentation.model import divisor, load_model, segment
+    from sedm.segmentation.transforms import stored_normaliser
 
     model, meta = load_model(model_dir, "best", device=device)
     div = divisor(meta["architecture"])
-    return (lambda images: segment(model, images, device, div, amp)), meta
+    normalise = stored_normaliser(meta, model_dir)
+    if normalise is None:
+        return (lambda images: segment(model, images, device, div, amp)), meta
+    return (lambda images: segment(model, np.stack([normalise(im) for im in images]), device, div, amp)), meta
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,15 +28,35 @@ def describe(values: Any) -> dict[str, float | int]:
             "min": float(v.min()), "max": float(v.max())}
 
 
+def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) indices of patients drawn with replacement: one seed gives the same resamples to
+    every statistic of one comparison, so its CIs describe the same bootstrap."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def _percentile_ci(values: np.ndarray, level: float) -> tuple[float, float]:
+    lo, hi = np.percentile(values, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def bootstrap_ci(diffs: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean, resampling patients with replacement."""
     d = np.asarray(diffs, dtype=np.float64)
     if not len(d):
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
-    lo, hi = np.percentile(means, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return float(lo), float(hi)
+    return _percentile_ci(d[_resamples(len(d), n_boot, seed)].mean(axis=1), level)
+
+
+def worst_bootstrap_ci(arm: np.ndarray, baseline: np.ndarray, n_boot: int, seed: int,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the difference of the worst (lowest) per-patient scores of two arms,
+    resampling patients (pairs) with replacement: each resample's worst patient of either arm may be
+    another patient, as in the data."""
+    a, b = np.asarray(arm, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if not len(a):
+        return float("nan"), float("nan")
+    idx = _resamples(len(a), n_boot, seed)
+    return _percentile_ci(a[idx].min(axis=1) - b[idx].min(axis=1), level)
 
 
 def wilcoxon_p(diffs: np.ndarray) -> tuple[float, str | None]:
@@ -75,23 +95,29 @@ def descriptive_note(n: int) -> str:
 
 
 def paired_comparison(arm: np.ndarray, baseline: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
-    """Paired per-patient difference ``arm - baseline``: mean, bootstrap 95% CI, Wilcoxon p.
+    """Paired per-patient difference ``arm - baseline``: mean, bootstrap 95% CI, Wilcoxon p; and the
+    difference of the worst patients' scores (``worst_diff``) with its bootstrap 95% CI over the same
+    resamples (``worst_ci95``).
 
     Patients with a NaN in either arm are left out (counted in ``n``). ``descriptive`` is set below
     :data:`DESCRIPTIVE_BELOW` patients, with :func:`descriptive_note` in ``note``.
     """
     a, b = np.asarray(arm, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
     keep = np.isfinite(a) & np.isfinite(b)
-    d = a[keep] - b[keep]
+    a, b = a[keep], b[keep]
+    d = a - b
     p, note = wilcoxon_p(d)
     lo, hi = bootstrap_ci(d, n_boot, seed)
+    worst_lo, worst_hi = worst_bootstrap_ci(a, b, n_boot, seed)
     notes = [note] if note else []
     if len(d) == 1:
         notes.append("the CI of one patient is a point")
     descriptive = is_descriptive(len(d))
     if descriptive:
         notes.append(descriptive_note(len(d)))
-    return {"mean_diff": float(d.mean()) if len(d) else float("nan"), "ci95": [lo, hi], "wilcoxon_p": p,
+    nan = float("nan")
+    return {"mean_diff": float(d.mean()) if len(d) else nan, "ci95": [lo, hi], "wilcoxon_p": p,
+            "worst_diff": float(a.min() - b.min()) if len(d) else nan, "worst_ci95": [worst_lo, worst_hi],
             "n": int(len(d)), "descriptive": descriptive, "note": "; ".join(notes) or None}
 
 

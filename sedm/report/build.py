@@ -20,10 +20,10 @@ import jinja2
 import pandas as pd
 
 from sedm import __version__
-from sedm.atomic import atomic_path
+from sedm.atomic import atomic_path, write_text
 from sedm.config import add_config_arguments, load_config, load_samples
 from sedm.errors import InputError
-from sedm.report import evaluation, stages, styles
+from sedm.report import cost, evaluation, stages, styles
 from sedm.report.layout import ResultsLayout
 from sedm.report.tables import Figure, Table, fmt, read_json
 
@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", required=True, help="results folder to report on (the workflow's `results`)")
     parser.add_argument("--out", required=True, help="HTML file to write")
     parser.add_argument("--figures-dir", help="also write every figure as <section>/<name>.png here")
+    parser.add_argument("--cost-gain", help="also write each arm's compute and Dice gain here (JSON, sedm.report.cost)")
     parser.add_argument("--title", default="sedm report", help="page title")
 
 
@@ -46,12 +47,15 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.results).is_dir():
         raise InputError(args.results, "--results", "results folder does not exist",
                          "pass the folder the workflow writes to (config key `results`)")
+    cost_gain = cost.cost_gain(config, samples, ResultsLayout(Path(args.results)))
     html, figures = build_report(config, samples, args.results, title=args.title,
-                                 config_path=args.config, samples_path=args.samples)
+                                 config_path=args.config, samples_path=args.samples, cost_gain=cost_gain)
     with atomic_path(args.out) as tmp:
         tmp.write_text(html, encoding="utf-8")
     if args.figures_dir:
         write_figures(figures, args.figures_dir)
+    if args.cost_gain:
+        write_text(args.cost_gain, json.dumps(cost_gain, indent=2, allow_nan=False) + "\n")
     return 0
 
 
@@ -69,14 +73,16 @@ def environment() -> jinja2.Environment:
 
 def build_report(config: dict, samples: pd.DataFrame, results: str | Path, *, title: str = "sedm report",
                  config_path: str | Path | None = None, samples_path: str | Path | None = None,
-                 ) -> tuple[str, list[Figure]]:
+                 cost_gain: dict | None = None) -> tuple[str, list[Figure]]:
     """Render the report for ``results``; returns the HTML and the figures it embeds.
 
+    ``cost_gain``: :func:`sedm.report.cost.cost_gain` of these results when the caller has it already.
     Absent stage outputs make their section say "not run"; nothing here raises for them.
     """
     layout = ResultsLayout(Path(results))
     figures: list[Figure] = []
     scores = evaluation.evaluation_section(layout, figures, config.get("classes"))
+    cost_gain = cost.cost_gain(config, samples, layout) if cost_gain is None else cost_gain
     context: dict[str, Any] = {
         "title": title,
         "results": str(results),
@@ -88,6 +94,7 @@ def build_report(config: dict, samples: pd.DataFrame, results: str | Path, *, ti
         "synthesis": stages.synthesis_section(samples, layout, figures),
         "segmentation": stages.segmentation_section(layout, figures),
         "evaluation": scores,
+        "cost": cost.cost_section(cost_gain, layout, figures),
         "styles": styles.style_map_section(samples, layout, scores, figures),
         "predictions": evaluation.predictions_section(samples, layout, scores, figures),
         "compute": stages.compute_section(layout),
@@ -112,7 +119,8 @@ def provenance(config: dict, layout: ResultsLayout, config_path: str | Path | No
     rows = []
     for path in layout.stage_configs():
         snap = read_json(path)
-        rows.append([path.stem, fmt(snap.get("sedm_version")) if isinstance(snap, dict) else "unreadable",
+        stage = path.relative_to(layout.stage_config_dir).with_suffix("").as_posix()  # segmentation/<arm>: a sweep's
+        rows.append([stage, fmt(snap.get("sedm_version")) if isinstance(snap, dict) else "unreadable",
                      ", ".join(k for k in snap if k != "sedm_version") if isinstance(snap, dict) else ""])
     return {
         "versions": versions,

@@ -102,7 +102,8 @@ def _per_class(summary_arms: Mapping) -> Table | None:
     return Table(["arm", "class"] + [str(m) for m in metrics], table, [False, False] + [True] * len(metrics))
 
 
-COMPARISON_KEYS = ("arm", "baseline", "mean_diff", "ci95", "wilcoxon_p", "n_patients", "descriptive", "note")
+COMPARISON_KEYS = ("arm", "baseline", "mean_diff", "ci95", "wilcoxon_p", "worst_diff", "worst_ci95", "n_patients",
+                   "descriptive", "note")
 """Keys of a summary.json comparison shown in fixed columns; any other key gets a column of its own."""
 
 
@@ -115,8 +116,8 @@ def _comparisons(comparisons: Any) -> Table | None:
     for comp in comparisons:
         if isinstance(comp, Mapping):
             extra += [k for k in comp if k not in COMPARISON_KEYS and k not in extra]
-    header = ["arm", "baseline", "mean difference", "95% CI", "Wilcoxon p", "patients", "", "note"] + \
-        [str(k) for k in extra]
+    header = ["arm", "baseline", "mean difference", "95% CI", "Wilcoxon p", "worst-patient difference", "95% CI",
+              "patients", "", "note"] + [str(k) for k in extra]
     rows = []
     for comp in comparisons:
         if not isinstance(comp, Mapping):
@@ -127,9 +128,10 @@ def _comparisons(comparisons: Any) -> Table | None:
             descriptive = is_descriptive(n)
             note = "; ".join(x for x in (note, descriptive_note(n) if descriptive else None) if x) or None
         rows.append([fmt(comp.get("arm")), fmt(comp.get("baseline")), fmt(comp.get("mean_diff")),
-                     fmt(comp.get("ci95")), fmt_p(comp.get("wilcoxon_p")), fmt(n),
+                     fmt(comp.get("ci95")), fmt_p(comp.get("wilcoxon_p")), fmt(comp.get("worst_diff")),
+                     fmt(comp.get("worst_ci95")), fmt(n),
                      "descriptive" if descriptive else "", fmt(note or None)] + [fmt(comp.get(k)) for k in extra])
-    return Table(header, rows, [False, False, True, True, True, True, False, False] + [True] * len(extra))
+    return Table(header, rows, [False, False, True, True, True, True, True, True, False, False] + [True] * len(extra))
 
 
 CONFUSION_CAPTION = ("Rows = annotation (reference), columns = prediction; pixels pooled over the test "

@@ -126,9 +126,20 @@ class ResultsLayout:
         """Snakemake's benchmark files: ``<rule>/<job>.tsv`` below this folder."""
         return self.root / Path(RESULTS["bench"]).parent.parent
 
+    def benchmark(self, rule: str, job: str) -> Path:
+        """The benchmark file of one job (``job``: the name its rule gives it, e.g. the arm or slide)."""
+        return self.root / RESULTS["bench"].format(rule=rule, name=job)
+
+    @property
+    def stage_config_dir(self) -> Path:
+        return self.root / Path(RESULTS["stage_config"]).parent
+
     def stage_configs(self) -> list[Path]:
-        folder = self.root / Path(RESULTS["stage_config"]).parent
-        return sorted(folder.glob("*.json")) if folder.is_dir() else []
+        """Every stage's config snapshot, then a share sweep's per-arm ones (``segmentation/<arm>.json``)."""
+        folder = self.stage_config_dir
+        arms = self.root / Path(RESULTS["arm_config"]).parent
+        return (sorted(folder.glob("*.json")) if folder.is_dir() else []) + \
+            (sorted(arms.glob("*.json")) if arms.is_dir() else [])
 
 
 def _step_key(path: Path) -> tuple:

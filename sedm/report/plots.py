@@ -197,3 +197,74 @@ def gain_vs_distance(values: pd.DataFrame, arms: Sequence[str], baseline: str | 
             ax_g.set_xlabel(distance_label)
             ax_g.set_ylabel(f"gain over {baseline}")
         return _png(fig)
+
+
+GAIN_PANELS = (("mean", "mean over patients"), ("worst", "worst patient"))
+"""The two gains of an arm over the baseline (columns of the points given) and their panel titles."""
+
+
+def _gain_points(ax, x: pd.Series, sub: pd.DataFrame, kind: str, colour) -> None:
+    """Points with their CI as a vertical line (a CI need not contain its estimate, e.g. of the worst
+    patient, so it is drawn as bounds, not as error bars); open markers for descriptive comparisons."""
+    lo, hi = sub[f"{kind}_lo"].to_numpy(float), sub[f"{kind}_hi"].to_numpy(float)
+    ci = np.isfinite(lo) & np.isfinite(hi)
+    ax.vlines(x.to_numpy()[ci], lo[ci], hi[ci], color=colour, linewidth=1.2, alpha=0.7)
+    descriptive = sub["descriptive"].to_numpy(bool)
+    for mask, face in ((~descriptive, colour), (descriptive, "white")):
+        ax.scatter(x.to_numpy()[mask], sub[kind].to_numpy(float)[mask], s=34, facecolor=face, edgecolor=colour,
+                   linewidth=1.4, zorder=3)
+
+
+def _gain_axes(fig: Figure, baseline: str, xlabel: str) -> list:
+    axes = list(fig.subplots(1, len(GAIN_PANELS), sharex=True))
+    for ax, (_, title) in zip(axes, GAIN_PANELS):
+        ax.axhline(0, color="0.4", linewidth=0.8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"Dice gain over {baseline}: {title}")
+    return axes
+
+
+def _descriptive_handle(axes: list, points: pd.DataFrame) -> None:
+    """A legend entry for the open markers when any point is descriptive."""
+    if points["descriptive"].any():
+        axes[-1].scatter([], [], s=34, facecolor="white", edgecolor="0.3", linewidth=1.4,
+                         label="descriptive (too few patients)")
+        axes[-1].legend(frameon=False, fontsize=8)
+
+
+def gain_vs_share(points: pd.DataFrame, baseline: str) -> bytes:
+    """Per synthetic arm family (a line), its gain over the baseline against the share of synthetic
+    samples per batch, on the mean over patients (left) and the worst patient (right), with CIs.
+    ``points``: family, share, mean, mean_lo, mean_hi, worst, worst_lo, worst_hi, descriptive."""
+    with matplotlib.rc_context(_STYLE):
+        fig = _figure(9.6, 3.8)
+        axes = _gain_axes(fig, baseline, "share of synthetic samples per batch")
+        families = list(dict.fromkeys(points["family"]))
+        for colour, family in zip(_colours(len(families)), families):
+            sub = points[points["family"] == family].sort_values("share")
+            for ax, (kind, _) in zip(axes, GAIN_PANELS):
+                ax.plot(sub["share"], sub[kind], "-", color=colour, linewidth=1.4,
+                        label=family if ax is axes[0] else None)
+                _gain_points(ax, sub["share"], sub, kind, colour)
+        axes[0].legend(frameon=False, fontsize=8)
+        _descriptive_handle(axes, points)
+        return _png(fig)
+
+
+def gain_vs_cost(points: pd.DataFrame, baseline: str) -> bytes:
+    """One point per arm (coloured by family, named): its gain over the baseline against the compute it
+    took, on the mean over patients (left) and the worst patient (right), with CIs.
+    ``points``: arm, family, seconds, mean, mean_lo, mean_hi, worst, worst_lo, worst_hi, descriptive."""
+    with matplotlib.rc_context(_STYLE):
+        fig = _figure(9.6, 3.8)
+        axes = _gain_axes(fig, baseline, "compute (wall seconds)")
+        families = list(dict.fromkeys(points["family"]))
+        for colour, family in zip(_colours(len(families)), families):
+            sub = points[points["family"] == family]
+            for ax, (kind, _) in zip(axes, GAIN_PANELS):
+                _gain_points(ax, sub["seconds"], sub, kind, colour)
+                for _, row in sub.iterrows():
+                    ax.annotate(str(row["arm"]), (row["seconds"], row[kind]), xytext=(4, 3),
+                                textcoords="offset points", fontsize=7)
+        _descriptive_handle(axes, points)
+        return _png(fig)

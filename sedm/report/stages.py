@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from sedm.config import cohort_warnings
@@ -20,7 +19,8 @@ from sedm.diffusion import outputs as D
 from sedm.flags import FLAGS
 from sedm.report import plots
 from sedm.report.layout import ResultsLayout
-from sedm.report.tables import Figure, Table, fmt, frame_table, not_run, png_bytes, read_json, read_table
+from sedm.report.tables import (Figure, Table, fmt, frame_table, not_run, png_bytes, read_benchmark, read_json,
+                                read_table)
 from sedm.segmentation import outputs as S
 from sedm.synthesis.stats import fidelity_flags
 from sedm.synthesis.style_check import transfer_flags
@@ -315,22 +315,14 @@ def compute_section(layout: ResultsLayout) -> dict:
     files = sorted(p for p in root.rglob("*.tsv") if len(p.relative_to(root).parts) > 1) if root.is_dir() else []
     records = []
     for path in files:
-        df = read_table(path)
-        if df is None or not len(df):
+        bench = read_benchmark(path)
+        if bench is None:
             continue
         rule, *job = path.relative_to(root).with_suffix("").parts
-        rec = {"rule": rule, "job": "/".join(job)}
-        for col, how in (("s", "mean"), ("max_rss", "max"), ("cpu_time", "mean"), ("mean_load", "mean")):
-            if col in df.columns:
-                vals = pd.to_numeric(df[col], errors="coerce")  # "NA"/"-" for jobs too short to measure
-                rec[col] = getattr(vals, how)()
-        records.append(rec)
+        records.append({"rule": rule, "job": "/".join(job), **bench})
     if not records:
         return not_run([root / "<rule>" / "<job>.tsv"])
     jobs = pd.DataFrame.from_records(records)
-    for col in ("s", "max_rss", "cpu_time", "mean_load"):
-        if col not in jobs.columns:
-            jobs[col] = np.nan
     per_rule = jobs.groupby("rule", sort=True).agg(
         jobs=("job", "count"), total_s=("s", _sum), max_s=("s", "max"), max_rss=("max_rss", "max"),
         cpu_s=("cpu_time", _sum))

@@ -104,6 +104,24 @@ def read_table(path: Path) -> pd.DataFrame | None:
         return None
 
 
+BENCHMARK_COLUMNS = {"s": "mean", "max_rss": "max", "cpu_time": "mean", "mean_load": "mean"}
+"""Columns of a Snakemake benchmark file the report reads, and how repeats (``benchmark: repeat(...)``)
+are combined: ``s`` is the job's wall time in seconds, ``cpu_time`` its CPU seconds, ``max_rss`` MB."""
+
+
+def read_benchmark(path: Path) -> dict[str, float] | None:
+    """One job's Snakemake benchmark file as {column: value} for :data:`BENCHMARK_COLUMNS` (NaN where a
+    column is absent or "NA"/"-", as for jobs too short to measure); None when absent or empty."""
+    df = read_table(path)
+    if df is None or not len(df):
+        return None
+    out = {}
+    for col, how in BENCHMARK_COLUMNS.items():
+        vals = pd.to_numeric(df[col], errors="coerce") if col in df.columns else pd.Series([np.nan])
+        out[col] = float(getattr(vals, how)())
+    return out
+
+
 def first_table(paths: Iterable[Path]) -> tuple[pd.DataFrame | None, Path | None]:
     for path in paths:
         df = read_table(path)

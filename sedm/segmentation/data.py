@@ -23,7 +23,7 @@ import zarr
 from sedm.errors import InputError
 from sedm.labels import UNANNOTATED
 from sedm.seeds import index_rng
-from sedm.stain.jitter import StainJitter
+from sedm.segmentation.transforms import Augmentation, Transform, read_window
 from sedm.tiling.slides import same_mpp
 from sedm.tiling.store import IMAGE_FILL, SlideStore
 
@@ -80,11 +80,15 @@ class RealTiles:
 
     ``tiles`` has one row per usable tile with columns ``store`` (index into ``stores``), ``y``,
     ``x``. Whole tiles are cached (LRU), since random crops hit the same tiles again and again.
+    ``transform`` (a stain normaliser) is applied per whole tile of the store's grid, as prediction
+    applies it (:func:`~sedm.segmentation.transforms.read_window`), and cached with the tile.
     """
 
-    def __init__(self, stores: Sequence[SlideStore], tiles: pd.DataFrame, cache_tiles: int = 256) -> None:
+    def __init__(self, stores: Sequence[SlideStore], tiles: pd.DataFrame, cache_tiles: int = 256,
+                 transform: Transform | None = None) -> None:
         self.stores = list(stores)
         self.tiles = tiles.reset_index(drop=True)
+        self.transform = transform
         self._tile_size = [s.tile_size for s in self.stores]
         self._read_tile = functools.lru_cache(maxsize=cache_tiles)(self._read_tile_uncached)
 
@@ -95,7 +99,7 @@ class RealTiles:
         row = self.tiles.iloc[i]
         k = int(row["store"])
         store, y, x, t = self.stores[k], int(row["y"]), int(row["x"]), self._tile_size[k]
-        return _pad_to(store.read_image(y, x, t, t), store.read_labels(y, x, t, t), t, t)
+        return _pad_to(read_window(store, y, x, t, t, self.transform), store.read_labels(y, x, t, t), t, t)
 
     def tile(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Whole tile ``i`` (padded at the slide edge): (t, t, 3) uint8 and (t, t) uint8."""
@@ -112,7 +116,8 @@ class RealTiles:
         store = self.stores[int(row["store"])]
         dy, dx = rng.integers(0, size - t + 1, size=2)
         y, x = max(0, int(row["y"]) - int(dy)), max(0, int(row["x"]) - int(dx))
-        return _pad_to(store.read_image(y, x, size, size), store.read_labels(y, x, size, size), size, size)
+        return _pad_to(read_window(store, y, x, size, size, self.transform), store.read_labels(y, x, size, size),
+                       size, size)
 
 
 # -------------------------------------------------------------------------------- synthetic data
@@ -122,10 +127,13 @@ class SyntheticSet:
     Format (written by the synthesis stage): a Zarr v3 group with arrays ``images`` (n, H, W, 3)
     uint8 and ``labels`` (n, H, W) uint8 (values as in sedm.labels), and ``attrs["sedm"]`` with at
     least ``classes``, ``mpp`` and ``slide_id`` (the unlabelled slide whose style was used).
+    ``transform`` (a stain normaliser) is applied to each whole sample before it is cropped.
     """
 
-    def __init__(self, path: str | Path, classes: Sequence[str] | None = None, mpp: float | None = None) -> None:
+    def __init__(self, path: str | Path, classes: Sequence[str] | None = None, mpp: float | None = None,
+                 transform: Transform | None = None) -> None:
         self.path = Path(path)
+        self.transform = transform
         if not (self.path / "zarr.json").is_file():
             raise InputError(self.path, None, "not a Zarr store", "pass synthesis stores written by `sedm synthesize`")
         root = zarr.open_group(str(self.path), mode="r", zarr_format=3)
@@ -153,7 +161,8 @@ class SyntheticSet:
         return int(self.images.shape[0])
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return np.asarray(self.images[i]), np.asarray(self.labels[i])
+        image = np.asarray(self.images[i])
+        return (self.transform(image) if self.transform is not None else image), np.asarray(self.labels[i])
 
     def patch(self, i: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Sample ``i`` cropped at random (or padded) to ``size`` x ``size``."""
@@ -177,12 +186,13 @@ class TrainBatches(torch.utils.data.Dataset):
 
     Each sample is synthetic with probability ``synthetic_fraction`` (from one synthetic store
     picked uniformly, i.e. one unlabelled slide per sample, as in STEDM), otherwise a random crop
-    of a random annotated real tile. Then a random flip/rotation, and stain jitter when given.
+    of a random annotated real tile. Then a random flip/rotation, and stain augmentation when given
+    (``stain(image, rng)``: HED jitter or RandStainNA, :mod:`sedm.segmentation.transforms`).
     """
 
     def __init__(self, real: RealTiles, synthetic: Sequence[SyntheticSet], *, synthetic_fraction: float,
                  batch_size: int, patch_size: int, seed: int, flips: bool = True,
-                 stain: StainJitter | None = None) -> None:
+                 stain: Augmentation | None = None) -> None:
         if len(real) == 0 and not synthetic:
             raise ValueError("no training data")
         self.real, self.synthetic = real, list(synthetic)

@@ -4,7 +4,8 @@ The slide is processed in square blocks of whole tiles, each read with a context
 window, predicted with overlapping windows blended by gaussian weights (MONAI
 ``sliding_window_inference``), cropped back and written into the prediction Zarr. Memory is
 bounded by the block size, not the slide size, and only blocks containing listed tissue tiles are
-computed. Labels outside the store's tissue mask are 0.
+computed. Labels outside the store's tissue mask are 0. A model of a ``stain_norm`` arm sees every
+tile normalised to the target stored in its directory (:mod:`sedm.segmentation.transforms`).
 
 Outputs (each written atomically):
 
@@ -47,6 +48,7 @@ from sedm.errors import InputError
 from sedm.labels import UNANNOTATED, class_rgb, class_values
 from sedm.segmentation.model import load_model, read_meta, to_input
 from sedm.segmentation.outputs import PREDICTED_LABELS, PROBABILITIES
+from sedm.segmentation.transforms import read_window, stored_normaliser
 from sedm.runtime.devices import autocast, resolve_device
 from sedm.tiling.slides import same_mpp
 from sedm.tiling.store import SlideStore, compressor
@@ -193,6 +195,7 @@ def predict(cfg: Mapping[str, Any], *, model_dir: Path, store_path: Path, out: P
     check_compatible(meta, store, model_dir)
     dev = resolve_device(device or cfg["segmentation"]["device"])
     model, meta = load_model(model_dir, inf["weights"], dev)
+    normalise = stored_normaliser(meta, model_dir)  # the training target, applied per tile as in training
     patch, margin = int(meta["patch_size"]), int(meta["patch_size"]) // 2
     h, w = store.shape
     todo = blocks(store, int(inf["block_size"]))
@@ -203,7 +206,8 @@ def predict(cfg: Mapping[str, Any], *, model_dir: Path, store_path: Path, out: P
         for y0, x0, y1, x1 in tqdm(todo, desc=f"predict {store.slide_id}", file=sys.stderr, mininterval=2.0):
             wy0, wx0 = max(0, y0 - margin), max(0, x0 - margin)
             wy1, wx1 = min(h, y1 + margin), min(w, x1 + margin)
-            probs = predict_window(model, store.read_image(wy0, wx0, wy1 - wy0, wx1 - wx0), patch=patch,
+            image = read_window(store, wy0, wx0, wy1 - wy0, wx1 - wx0, normalise)
+            probs = predict_window(model, image, patch=patch,
                                    overlap=float(inf["overlap"]), batch=int(inf["batch_size"]), device=dev,
                                    amp=bool(cfg["segmentation"]["amp"]))
             probs = probs[:, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
@@ -214,7 +218,8 @@ def predict(cfg: Mapping[str, Any], *, model_dir: Path, store_path: Path, out: P
             if PROBABILITIES in root:
                 root[PROBABILITIES][:, y0:y1, x0:x1] = (probs * torch.from_numpy(tissue)).to(torch.float16).numpy()
         seconds = time.perf_counter() - t0
-        root.attrs["sedm"] = {**root.attrs["sedm"], "blocks": len(todo), "seconds": round(seconds, 2)}
+        root.attrs["sedm"] = {**root.attrs["sedm"], "blocks": len(todo), "seconds": round(seconds, 2),
+                              "stain_norm": normalise.method if normalise is not None else None}
         pred = root[PREDICTED_LABELS]
         band = store.tile_size * 4
 

@@ -1,9 +1,10 @@
 """``sedm train-seg``: train one segmentation arm (real, stain-augmented, real + synthetic, ...).
 
 The arms differ only in their data (``segmentation.arms``: synthetic samples mixed in or not, stain
-jitter or not); model, schedule, seed and validation split are the same, so their per-patient
-results can be compared pairwise. The validation split is by patient; the model directory keeps
-the weights with the best validation macro Dice and the last ones.
+augmentation and stain normalisation or not, :mod:`sedm.segmentation.transforms`); model, schedule,
+seed and validation split are the same, so their per-patient results can be compared pairwise. The
+validation split is by patient; the model directory keeps the weights with the best validation macro
+Dice and the last ones.
 
 Interrupted runs resume exactly (see :mod:`sedm.runtime`): SIGTERM / SIGUSR1 -> checkpoint in
 ``--run-dir`` and exit 75; the next call with ``--resume auto`` continues from that step.
@@ -40,13 +41,15 @@ from sedm.runtime.rng import set_rng_state
 from sedm.runtime.schedules import warmup_cosine
 from sedm.runtime.signals import EXIT_REQUEUE, StopSignals, ignore_stop_signals
 from sedm.seeds import seed_everything
+from sedm.arms import arm_variants
 from sedm.segmentation.data import (RealTiles, SyntheticSet, TrainBatches, annotated_tiles, split_by_patient,
                                     split_tiles)
 from sedm.segmentation.loss import masked_ce_dice
 from sedm.segmentation.model import (architecture, build_model, divisor, load_init_weights, save_model_dir,
                                      segment, to_input)
 from sedm.segmentation.outputs import LOG_COLUMNS, TRAIN_LOG
-from sedm.stain.jitter import StainJitter
+from sedm.segmentation.transforms import augmentation, fit_stain_norm, norm_method, stain_meta
+from sedm.stain.normalise import StainNormaliser
 from sedm.tiling.slides import same_mpp
 from sedm.tiling.store import SlideStore, open_checked
 from sedm.tiling.table import tile_table_path
@@ -60,7 +63,8 @@ PREDICTION_KEYS = ("inference",)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, "sedm config or the segmentation stage snapshot")
-    parser.add_argument("--arm", required=True, help="arm name, a key of segmentation.arms")
+    parser.add_argument("--arm", required=True, help="arm name: a key of segmentation.arms, or in a share sweep "
+                        "<arm>-s<percent> (sedm.arms)")
     parser.add_argument("--stores", nargs="+", required=True, type=Path, help="labelled slide stores (.zarr)")
     parser.add_argument("--samples", required=True, type=Path, help="sample sheet (patient of each slide)")
     parser.add_argument("--synthetic", nargs="*", default=[], type=Path,
@@ -87,6 +91,8 @@ class TrainingData:
     synthetic: list[SyntheticSet]
     mpp: float
     split: dict[str, Any] = field(default_factory=dict)
+    normaliser: StainNormaliser | None = None
+    """The arm's stain normaliser, fitted on the training tiles and applied to every tile above."""
 
 
 def _open_stores(paths: Sequence[Path], classes: list[str], samples: pd.DataFrame) -> list[SlideStore]:
@@ -142,12 +148,14 @@ def prepare_data(cfg: Mapping[str, Any], arm_cfg: Mapping[str, Any], store_paths
     split["n_train_tiles"], split["n_val_tiles"] = len(train_tiles), len(val_tiles)
 
     mpp = stores[0].mpp
+    method = norm_method(arm_cfg)  # the target stain: the training patients', never the validation ones'
+    normaliser = fit_stain_norm(method, RealTiles(stores, train_tiles, 0), seed) if method else None
     synthetic: list[SyntheticSet] = []
     if arm_cfg["synthetic"]:
         if not synthetic_paths:
             raise InputError(None, "--synthetic", "this arm mixes in synthetic data but none was given",
                              "pass the synthesis stores of the unlabelled slides")
-        synthetic = [SyntheticSet(p, classes, mpp) for p in synthetic_paths]
+        synthetic = [SyntheticSet(p, classes, mpp, transform=normaliser) for p in synthetic_paths]
         for s in synthetic:
             if s.slide_id in samples.index and samples.at[s.slide_id, "role"] == "test":
                 raise InputError(s.path, "attrs.sedm.slide_id", f"styled after test slide {s.slide_id!r}",
@@ -155,9 +163,9 @@ def prepare_data(cfg: Mapping[str, Any], arm_cfg: Mapping[str, Any], store_paths
         split["synthetic_slides"] = [s.slide_id for s in synthetic]
     elif synthetic_paths:
         log.warning("arm has synthetic: false; ignoring %d synthesis stores", len(synthetic_paths))
-    return TrainingData(RealTiles(stores, train_tiles, int(seg["cache_tiles"])),
-                        RealTiles(stores, val_tiles, int(seg["val_tiles"])) if len(val_tiles) else None,
-                        synthetic, mpp, split)
+    return TrainingData(RealTiles(stores, train_tiles, int(seg["cache_tiles"]), transform=normaliser),
+                        RealTiles(stores, val_tiles, int(seg["val_tiles"]), transform=normaliser)
+                        if len(val_tiles) else None, synthetic, mpp, split, normaliser)
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -202,9 +210,11 @@ def train(cfg: Mapping[str, Any], *, arm: str, stores: Sequence[Path], samples: 
     ``on_step(step)`` is called after each optimizer step (tests use it to send a signal).
     """
     seg, classes, seed = cfg["segmentation"], list(cfg["classes"]), int(cfg["seed"])
-    if arm not in seg["arms"]:
-        raise InputError(None, "--arm", f"unknown arm {arm!r}", f"use one of {sorted(seg['arms'])}")
-    arm_cfg = seg["arms"][arm]
+    variants = arm_variants(seg)
+    if arm not in variants:
+        raise InputError(None, "--arm", f"unknown arm {arm!r}", f"use one of {sorted(variants)}")
+    variant = variants[arm]
+    arm_cfg = variant.config
     if threads:
         torch.set_num_threads(threads)
     arch = architecture(seg, len(classes))
@@ -242,8 +252,8 @@ def train(cfg: Mapping[str, Any], *, arm: str, stores: Sequence[Path], samples: 
         log.info("resuming arm %s at step %d of %d", arm, start, max_steps)
     train_log = CsvLog(run_dir / TRAIN_LOG, LOG_COLUMNS, resume_step=start)
 
-    stain = StainJitter.from_config(seg["stain_aug"]) if arm_cfg["stain_aug"] else None
-    batches = TrainBatches(data.train, data.synthetic, synthetic_fraction=float(seg["synthetic_fraction"]),
+    stain = augmentation(arm_cfg, seg, data.train, seed, arm)
+    batches = TrainBatches(data.train, data.synthetic, synthetic_fraction=variant.share,
                            batch_size=int(seg["batch_size"]), patch_size=patch, seed=seed,
                            flips=bool(seg["flips"]), stain=stain)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, max_steps),
@@ -307,11 +317,13 @@ def train(cfg: Mapping[str, Any], *, arm: str, stores: Sequence[Path], samples: 
     else:
         best_weights = load_file(str(best_path))
     meta = {"architecture": arch, "classes": classes, "mpp": data.mpp, "patch_size": patch, "arm": arm,
-            "arm_config": dict(arm_cfg), "steps": max_steps, "best_step": best["step"],
+            "arm_config": dict(arm_cfg), "arm_family": variant.family, "synthetic_share": variant.share,
+            "steps": max_steps, "best_step": best["step"],
             "best_val_macro_dice": best["score"] if np.isfinite(best["score"]) else None,
             "best_val_dice_per_class": {c: (d if np.isfinite(d) else None) for c, d in zip(classes, best["per_class"])},
             "split": data.split, "ema": bool(seg["ema"]), "seed": seed, "fingerprint": fp,
             "sedm_version": __version__, "train_seconds": round(time.perf_counter() - t0, 1)}
+    meta.update(stain_meta(data.normaliser, stain))  # prediction normalises with the stored target
     save_model_dir(out, meta, {"best": best_weights, "last": last}, {TRAIN_LOG: run_dir / TRAIN_LOG})
     log.info("arm %s: best validation macro Dice %s at step %s -> %s", arm, meta["best_val_macro_dice"],
              best["step"], out)

@@ -35,6 +35,8 @@ SLIDES = [  # slide_id, patient_id, role
     ("T4", "P6", "test"),
 ]
 SCRIPT = "<script>alert(1)</script>"
+BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+"""The columns of a Snakemake benchmark file."""
 
 
 def png(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (96, 64)) -> None:
@@ -149,8 +151,7 @@ def write_results(root: Path, class_name: str = "tumour") -> None:
         for k, job in enumerate(jobs):
             path = root / f"benchmarks/{rule}/{job}.tsv"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-                            f"{10.0 + k}\t0:00:10\t{500 + k}\t900\t400\t450\t1\t2\t50\t{8.0 + k}\n")
+            path.write_text(BENCHMARK_HEADER + f"{10.0 + k}\t0:00:10\t{500 + k}\t900\t400\t450\t1\t2\t50\t{8.0 + k}\n")
 
 
 # stain features per slide (first two features; the rest constant): T2 and T3 (patient P5) far from L1/L2
@@ -180,3 +181,17 @@ def visible_text(html: str) -> str:
     """Visible text with tags removed (data URIs dropped), whitespace collapsed."""
     html = re.sub(r'src="data:[^"]*"', "", html)
     return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
+def write_benchmark(root: Path, rule: str, job: str, seconds: float, cpu_seconds: float) -> None:
+    """``benchmarks/<rule>/<job>.tsv`` as Snakemake's ``benchmark:`` writes it (one repeat)."""
+    path = root / f"benchmarks/{rule}/{job}.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(BENCHMARK_HEADER + f"{seconds}\t0:00:{int(seconds) % 60:02d}\t500\t900\t400\t450\t1\t2\t90\t"
+                    f"{cpu_seconds}\n")
+
+
+def write_summary(root: Path, arms: dict[str, dict], comparisons: list[dict]) -> None:
+    """``eval/summary.json`` as `sedm evaluate` writes it, with only the entries the caller gives."""
+    (root / "eval").mkdir(parents=True, exist_ok=True)
+    (root / "eval/summary.json").write_text(json.dumps({"unit": "patient", "arms": arms, "comparisons": comparisons}))

@@ -11,6 +11,7 @@ from sedm.config import (STAGE_SECTIONS, check_cohort, cohort_warnings, load_sam
 from sedm.errors import InputError
 from sedm.evaluation.outputs import OUTPUT_FILES as EVAL_FILES, PER_PATIENT, PER_SLIDE, SUMMARY_JSON
 from sedm.layout import results_paths
+from sedm.arms import arm_variants, swept_shares
 from sedm.validate import check_inputs
 
 # The checks of `sedm validate`, on the config Snakemake resolved (the --configfile, --config on top):
@@ -54,7 +55,10 @@ SHEET_ROW = {s: {**row, "slide_path": SLIDE_PATH[s], "annotation_path": ANNOTATI
 LABELLED = [s for s in SLIDES if ROLE[s] == "labelled"]
 UNLABELLED = [s for s in SLIDES if ROLE[s] == "unlabelled"]
 TEST = [s for s in SLIDES if ROLE[s] == "test"]
-ARMS = list(config["segmentation"]["arms"])
+# The arms trained, by name: segmentation.arms, each synthetic one once per share of a sweep (stedm-s040)
+ARM_VARIANTS = arm_variants(config["segmentation"])
+ARMS = list(ARM_VARIANTS)
+SWEEP = swept_shares(config["segmentation"]) is not None
 ENV = "../../envs/sedm.yaml"
 
 
@@ -79,6 +83,13 @@ RUNTIME = {stage: json.dumps(runtime_config(config, stage), sort_keys=True) for 
 
 def stage_cfg(stage):
     return paths.stage_config.format(stage=stage)
+
+
+def seg_config(arm):
+    """The segmentation snapshot arm ``arm`` is trained and predicts with. One synthetic share: the stage's
+    snapshot, as before sweeps existed (their results stay up to date). A sweep: the arm's own
+    (sedm.arms.arm_snapshot), so adding a share leaves every other arm's snapshot as it is."""
+    return paths.arm_config.format(arm=arm) if SWEEP else stage_cfg("segmentation")
 
 
 def log_for(rule_name, name="{slide}"):
@@ -117,8 +128,10 @@ def eval_files(*names):
 
 
 def final_targets():
-    """The report, and everything it summarises; evaluation only when there are test slides."""
-    return [paths.tiling_summary, paths.diffusion_model, paths.report_html] + (eval_files(SUMMARY_JSON) if TEST else [])
+    """The report (and its cost beside gain), and everything it summarises; evaluation only when there are
+    test slides."""
+    return [paths.tiling_summary, paths.diffusion_model, paths.report_html, paths.cost_gain] + (
+        eval_files(SUMMARY_JSON) if TEST else [])
 
 
 def synthesis_runs():
@@ -142,12 +155,11 @@ def report_inputs(wildcards):
     here or upstream of them (tile tables -> tiling summary; synthesis -> synthetic arms' models;
     overlays -> predictions -> evaluation), so order and reruns are the same, and the DAG of a large
     cohort builds much faster."""
-    arms = config["segmentation"]["arms"]
     inputs = {
         "samples": sample_sheet(),
         "config": stage_cfg("report"),
         "tiling_summary": paths.tiling_summary,
-        "seg_models": expand(paths.seg_model, arm=list(arms)),
+        "seg_models": expand(paths.seg_model, arm=ARMS),
         "styles": paths.style_table,
     }
     if synthesis_runs():

@@ -32,7 +32,7 @@ rule layout_fidelity:
     input:
         model=lambda w: paths.seg_model.format(arm=baseline_arm(config)),
         synthetic=expand(paths.synthetic, slide=UNLABELLED),
-        config=stage_cfg("segmentation"),
+        config=seg_config(baseline_arm(config)),
         autoencoder=[paths.autoencoder] if config["diffusion"]["latent"] == "cohort" else [],
         robust=[paths.seg_model.format(arm=stain_robust_arm(config))] if stain_robust_arm(config) else [],
     output:

@@ -1,6 +1,7 @@
 # The HTML report over everything above, plus its figures as PNGs for `snakemake --report`.
 # The report reads stage outputs by the fixed results layout (sedm/layout.py); the inputs
-# below only make it wait for them. Benchmark files are read too but are no rule's output.
+# below only make it wait for them. Benchmark files are read too (compute table, cost beside gain)
+# but are no rule's output.
 report: "../report/workflow.rst"
 
 
@@ -16,6 +17,8 @@ rule report:
             category="{section}",
             labels={"figure": "{name}"},
         ),
+        # per arm, compute seconds beside its Dice gain (sedm/report/cost.py: why here, not in eval/summary.json)
+        cost_gain=paths.cost_gain,
     params:
         # the results folder, derived from an input (R/tiles/summary.tsv) so it follows storage prefixes
         results=lambda w, input: os.path.dirname(os.path.dirname(input.tiling_summary)),
@@ -30,4 +33,5 @@ rule report:
         ENV
     shell:
         "sedm report --config {input.config:q} --runtime {resources.sedm_runtime:q} --samples {input.samples:q}"
-        " --results {params.results:q} --out {output.html:q} --figures-dir {output.figures:q} --log {log:q}"
+        " --results {params.results:q} --out {output.html:q} --figures-dir {output.figures:q}"
+        " --cost-gain {output.cost_gain:q} --log {log:q}"

@@ -1,12 +1,28 @@
-# Segmentation arms: one model per arm (real / stain-augmented / + synthetic data), then every test
-# slide segmented by every arm.
-
+# Segmentation arms: one model per arm (real / stain-augmented / + synthetic data; a synthetic arm once per
+# share of a sweep, sedm.arms), then every test slide segmented by every arm.
+from sedm.arms import arm_snapshot
 
 
 wildcard_constraints:
     arm="|".join(ARMS),
 
-ARM_CFG = config["segmentation"]["arms"]
+
+# A sweep's per-arm snapshots (common.smk seg_config): instant, like the stage snapshots (config.smk).
+localrules:
+    arm_config,
+
+
+rule arm_config:
+    output:
+        paths.arm_config,
+    params:
+        snapshot=lambda w: json.dumps(arm_snapshot(stage_config(config, "segmentation"), w.arm), sort_keys=True),
+    log:
+        log_for("arm_config", "{arm}"),
+    conda:
+        ENV
+    shell:
+        "sedm write-config --stage segmentation --json {params.snapshot:q} --out {output:q} --log {log:q}"
 
 
 rule train_segmentation:
@@ -15,9 +31,9 @@ rule train_segmentation:
         samples=sample_sheet(),
         # synthetic arms: the synthesis stores of all unlabelled slides (rule synthesize)
         synthetic=lambda w: (
-            expand(paths.synthetic, slide=UNLABELLED) if ARM_CFG[w.arm]["synthetic"] else []
+            expand(paths.synthetic, slide=UNLABELLED) if ARM_VARIANTS[w.arm].synthetic else []
         ),
-        config=stage_cfg("segmentation"),
+        config=lambda w: seg_config(w.arm),
     output:
         model=directory(paths.seg_model),
     params:
@@ -26,7 +42,7 @@ rule train_segmentation:
         one_gpu=one_gpu,
         # the labelled slides' rows (patients for the validation split), and the unlabelled slides'
         # for an arm that trains on their synthetic data: a new test slide retrains no arm
-        rows=lambda w: sheet_rows(LABELLED + (UNLABELLED if ARM_CFG[w.arm]["synthetic"] else [])),
+        rows=lambda w: sheet_rows(LABELLED + (UNLABELLED if ARM_VARIANTS[w.arm].synthetic else [])),
     threads: config["segmentation"]["threads"]
     resources:
         gpu=config["segmentation"]["gpus"],
@@ -48,7 +64,7 @@ rule predict_slide:
     input:
         model=paths.seg_model,
         store=paths.store,
-        config=stage_cfg("segmentation"),
+        config=lambda w: seg_config(w.arm),
     output:
         prediction=directory(paths.prediction),
         overlay=paths.prediction_overlay,
