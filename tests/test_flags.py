@@ -22,7 +22,7 @@ from PIL import Image
 from scipy import ndimage
 
 from builders import evaluation as eval_builders
-from builders.report import CLASSES as REPORT_CLASSES, write_results, write_samples
+from builders.report import report_cohort
 from builders.segmentation import make_store as make_seg_store, write_samples as write_sheet
 from sedm.cli import main
 from sedm.config import load_samples, validate_config
@@ -56,10 +56,7 @@ def test_warn_logs_each_flag_and_returns_them(caplog):
 @pytest.fixture
 def report(tmp_path):
     """A results tree with nothing doubtful but its 3-patient comparison, and a function rendering it."""
-    samples = write_samples(tmp_path)
-    results = tmp_path / "results"
-    write_results(results)
-    config = validate_config({"classes": REPORT_CLASSES, "samples": str(samples), "results": str(results)})
+    config, samples, results = report_cohort(tmp_path)
 
     def render() -> dict[str, str]:
         html, _ = build_report(config, load_samples(samples), results)

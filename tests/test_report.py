@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from builders.report import ARMS, CLASSES, DICE, SCRIPT, SLIDES, visible_text, write_results, write_samples
+from builders.report import (ARMS, CLASSES, DICE, SCRIPT, SLIDES, report_cohort, visible_text, write_results,
+                             write_samples)
 from sedm.cli import main
 from sedm.config import load_samples, validate_config
 from sedm.report.build import build_report, write_figures
@@ -25,10 +26,7 @@ from sedm.report.layout import ResultsLayout
 
 @pytest.fixture
 def cohort(tmp_path):
-    samples_path = write_samples(tmp_path)
-    results = tmp_path / "results"
-    write_results(results)
-    config = validate_config({"classes": CLASSES, "samples": str(samples_path), "results": str(results)})
+    config, samples_path, results = report_cohort(tmp_path)
     return config, load_samples(samples_path), results, samples_path
 
 

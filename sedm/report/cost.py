@@ -184,17 +184,16 @@ def cost_section(data: Mapping[str, Any] | None, layout: ResultsLayout, figures:
                            "cost_figure": None, "note": SHARED_NOTE}
     points = _points(data)
     families = points[points["synthetic"]]
-    if len(families):
-        out["share_figure"] = Figure(
-            "cost", "gain_vs_share", plots.gain_vs_share(families, data["baseline"]),
-            f"Gain over {data['baseline']} against the share of synthetic samples per batch, one line per synthetic "
-            "arm family, with patient-bootstrap 95% CIs; open markers: descriptive (too few patients)")
-        figures.append(out["share_figure"])
     costed = points[points["seconds"].notna()]
-    if len(costed):
-        out["cost_figure"] = Figure(
-            "cost", "gain_vs_cost", plots.gain_vs_cost(costed, data["baseline"]),
-            f"Gain over {data['baseline']} against the arm's compute (wall seconds; synthetic arms carry the full "
-            "autoencoder, diffusion and synthesis time), one point per arm, with 95% CIs; open markers: descriptive")
-        figures.append(out["cost_figure"])
+    for key, name, chosen, plot, caption in (
+            ("share_figure", "gain_vs_share", families, plots.gain_vs_share,
+             "the share of synthetic samples per batch, one line per synthetic arm family, with patient-bootstrap "
+             "95% CIs; open markers: descriptive (too few patients)"),
+            ("cost_figure", "gain_vs_cost", costed, plots.gain_vs_cost,
+             "the arm's compute (wall seconds; synthetic arms carry the full autoencoder, diffusion and synthesis "
+             "time), one point per arm, with 95% CIs; open markers: descriptive")):
+        if len(chosen):
+            out[key] = Figure("cost", name, plot(chosen, data["baseline"]),
+                              f"Gain over {data['baseline']} against {caption}")
+            figures.append(out[key])
     return out

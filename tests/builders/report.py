@@ -57,6 +57,16 @@ def write_samples(tmp_path: Path) -> Path:
     return path
 
 
+def report_cohort(tmp_path: Path) -> tuple[dict, Path, Path]:
+    """(config, sample sheet, results folder) of the fixture cohort with every stage's outputs written."""
+    from sedm.config import validate_config
+
+    samples = write_samples(tmp_path)
+    results = tmp_path / "results"
+    write_results(results)
+    return validate_config({"classes": CLASSES, "samples": str(samples), "results": str(results)}), samples, results
+
+
 def write_results(root: Path, class_name: str = "tumour") -> None:
     """A results tree in the layout of every stage, with small known numbers."""
     rows = []
