@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -101,11 +102,16 @@ def test_snakemake_reads_the_installed_profiles(tmp_path):
     local = install("local", tmp_path / "local")
     cluster = install("slurm", tmp_path / "slurm", account="lab", partition="cpu", gpu_model="a100")
     pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install 'sedm[slurm]'")
+    # The demo sheet's paths lead to the demo's slides under the working directory (which the demo rule
+    # makes): a copy of it inside that directory plans them, on a clean clone too.
+    sheet = tmp_path / "w/resources/demo/samples.tsv"
+    sheet.parent.mkdir(parents=True)
+    shutil.copy(REPO / "resources/demo/samples.tsv", sheet)
     for profile in (local.parent, cluster.parent):
         proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", str(profile), "--dry-run", "--quiet",
                                "rules", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path / "w"),
                                "--configfile", str(REPO / "config.yaml"),
-                               "--config", f"samples={REPO}/resources/demo/samples.tsv"],
+                               "--config", f"samples={sheet}"],
                               capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         assert "train_diffusion" in proc.stdout
