@@ -75,6 +75,18 @@ def test_tensor_free_command_starts_without_torch(repo, command):
     assert loaded == [], f"sedm {command} imports {loaded} (python -X importtime shows who)"
 
 
+DEFERRED = {"report": ("scipy", "matplotlib", "zarr"), "evaluate": ("scipy", "matplotlib", "zarr"),
+            "style-table": ("scipy", "matplotlib", "zarr")}
+"""Libraries these commands' work needs only in part (a statistic, a figure, a store) and that would double
+their start-up if imported with the module: they are imported where used."""
+
+
+@pytest.mark.parametrize("command", sorted(DEFERRED))
+def test_commands_start_without_what_they_use_late(repo, command):
+    loaded = json.loads(_python(repo, _HELP.format(heavy=DEFERRED[command]), command))
+    assert loaded == [], f"sedm {command} imports {loaded} at start-up (python -X importtime shows who)"
+
+
 def test_style_stats_and_table_run_without_torch(repo, tmp_path):
     store = make_toy_store(tmp_path / "s1.zarr", slide_id="s1", size=96, classes=["tumor", "stroma"], tile_size=32)
     samples = write_samples(tmp_path / "samples.tsv", [("s1", "P1", "test")])

@@ -25,11 +25,10 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import zarr
 
 from sedm.atomic import atomic_path, write_text
 from sedm.config import load_config, load_samples
@@ -41,7 +40,11 @@ from sedm.evaluation.stats import describe, paired_comparison
 from sedm.evaluation.style_gain import distance_column, style_gain
 from sedm.styles.space import SLIDE_ID as STYLE_SLIDE, read_table as read_style_table
 from sedm.segmentation.outputs import PREDICTED_LABELS
-from sedm.tiling.store import SlideStore, open_checked
+
+if TYPE_CHECKING:
+    from sedm.tiling.store import SlideStore
+
+# zarr (and the slide store on it) is imported where a store is opened: `sedm evaluate` starts without it.
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
 def _prediction_slide(path: Path) -> str | None:
     if not (path / "zarr.json").is_file():
         return None
+    import zarr
+
     attrs = zarr.open_group(str(path), mode="r", zarr_format=3).attrs.get("sedm", {})
     return attrs.get("slide_id")
 
@@ -104,6 +109,8 @@ def parse_predictions(items: Sequence[str]) -> dict[str, dict[str, Path]]:
 # ---------------------------------------------------------------------------------------- per slide
 def slide_confusion(store: SlideStore, pred_path: Path, band_tiles: int = 8) -> np.ndarray:
     """Confusion matrix of one slide, read in row bands (bounded memory)."""
+    import zarr
+
     pred_root = zarr.open_group(str(pred_path), mode="r", zarr_format=3)
     attrs = dict(pred_root.attrs.get("sedm", {}))
     pred = pred_root[PREDICTED_LABELS]
@@ -199,6 +206,8 @@ def _write_table(df: pd.DataFrame, out: Path, name: str) -> None:
 def evaluate(cfg: Mapping[str, Any], *, samples: pd.DataFrame, predictions: Mapping[str, Mapping[str, Path]],
              stores: Sequence[Path], out: Path, styles: pd.DataFrame | None = None) -> dict[str, Any]:
     """Score every arm's predictions; write the tables and summary into ``out``; return the summary."""
+    from sedm.tiling.store import open_checked
+
     classes, ev = list(cfg["classes"]), cfg["evaluation"]
     truth = {}
     for p in stores:

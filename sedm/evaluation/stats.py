@@ -11,7 +11,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 
 def describe(values: Any) -> dict[str, float | int]:
@@ -72,6 +71,8 @@ def wilcoxon_p(diffs: np.ndarray) -> tuple[float, str | None]:
         return float("nan"), "all paired differences are zero: Wilcoxon test undefined"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        from scipy import stats  # on use: scipy.stats costs the start-up of every command reading this module
+
         p = float(stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
     return p, None
 
@@ -145,6 +146,8 @@ def spearman_bootstrap(x: Any, y: Any, n_boot: int, seed: int, level: float = 0.
     if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         out["note"] = f"undefined: {n} patient(s)" + ("" if n < 3 else ", constant values")
         return out
+    from scipy import stats
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = stats.spearmanr(x, y)

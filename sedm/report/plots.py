@@ -2,22 +2,21 @@
 
 Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot global state, no
 display needed) and saved without a timestamp or version stamp, so the same inputs give
-byte-identical PNGs and the report is reproducible.
+byte-identical PNGs and the report is reproducible. matplotlib is imported on the first figure, not with
+the module: `sedm report --help` and a report's start-up do not pay for it.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # headless on clusters; must precede any pyplot import elsewhere
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DPI = 100
 _STYLE = {
@@ -29,7 +28,20 @@ _STYLE = {
 }
 
 
+def _matplotlib():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless on clusters; must precede any pyplot import elsewhere
+    return matplotlib
+
+
+def _style():
+    return _matplotlib().rc_context(_STYLE)
+
+
 def _png(fig: Figure) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None}, bbox_inches="tight")
@@ -37,12 +49,14 @@ def _png(fig: Figure) -> bytes:
 
 
 def _figure(width: float, height: float) -> Figure:
-    with matplotlib.rc_context(_STYLE):
+    from matplotlib.figure import Figure
+
+    with _style():
         return Figure(figsize=(width, height), layout="constrained")
 
 
 def _colours(n: int) -> list:
-    cmap = matplotlib.colormaps["tab10"]
+    cmap = _matplotlib().colormaps["tab10"]
     return [cmap(i % 10) for i in range(n)]
 
 
@@ -51,7 +65,7 @@ def training_curves(log: pd.DataFrame, step_col: str, loss_cols: Sequence[str], 
 
     Diffusion losses are noisy per step; the rolling mean over ~2% of the run shows the trend.
     """
-    with matplotlib.rc_context(_STYLE):
+    with _style():
         fig = _figure(6.4, 4.4 if lr_col else 3.4)
         if lr_col:
             ax, ax_lr = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
@@ -87,7 +101,7 @@ def per_patient_box(values: pd.DataFrame, arms: Sequence[str], metric: str) -> b
     about) is visible rather than summarised away. Jitter is seeded: the figure is deterministic.
     """
     rng = np.random.default_rng(0)
-    with matplotlib.rc_context(_STYLE):
+    with _style():
         fig = _figure(max(4.0, 1.2 * len(arms) + 1.5), 3.6)
         ax = fig.subplots()
         data = [values.loc[values["arm"] == arm, "value"].dropna().to_numpy() for arm in arms]
@@ -106,7 +120,7 @@ def per_patient_bars(values: pd.DataFrame, arms: Sequence[str], patients: Sequen
     """Grouped bars: one group per patient, one bar per arm, to see which patients an arm helps."""
     table = values.pivot_table(index="patient", columns="arm", values="value", aggfunc="mean")
     table = table.reindex(index=list(patients), columns=list(arms))
-    with matplotlib.rc_context(_STYLE):
+    with _style():
         fig = _figure(min(13.0, max(5.0, 0.3 * len(patients) * max(1, len(arms)) + 2)), 3.6)
         ax = fig.subplots()
         width = 0.8 / max(1, len(arms))
@@ -123,7 +137,7 @@ def per_patient_bars(values: pd.DataFrame, arms: Sequence[str], patients: Sequen
 
 def arm_training_curves(logs: dict[str, pd.DataFrame], loss_col: str, val_col: str | None) -> bytes:
     """Segmentation training per arm: loss (rolling mean) and, when logged, validation score."""
-    with matplotlib.rc_context(_STYLE):
+    with _style():
         fig = _figure(6.4, 3.4)
         axes = fig.subplots(1, 2 if val_col else 1)
         ax, ax_val = (axes[0], axes[1]) if val_col else (axes, None)
@@ -152,7 +166,7 @@ def style_map(points: pd.DataFrame, synthetic: pd.DataFrame, axis_labels: Sequen
     """Every slide as a point of the 2-D style map, marked by role and named; each synthetic set (grey
     cross) joined to its source slide by a dotted line. ``points``: slide_id, role, x, y;
     ``synthetic``: slide_id (its source), x, y."""
-    with matplotlib.rc_context(_STYLE):
+    with _style():
         fig = _figure(6.4, 5.0)
         ax = fig.subplots()
         where = points.set_index("slide_id")
@@ -179,7 +193,7 @@ def style_map(points: pd.DataFrame, synthetic: pd.DataFrame, axis_labels: Sequen
 def gain_vs_distance(values: pd.DataFrame, arms: Sequence[str], baseline: str | None, distance_label: str) -> bytes:
     """Per arm, per-patient Dice (left) and gain over the baseline (right) against the patient's
     style distance; ``values``: patient, arm, distance, dice, gain (NaN for the baseline)."""
-    with matplotlib.rc_context(_STYLE):
+    with _style():
         gain_arms = [a for a in arms if a != baseline] if baseline else []
         fig = _figure(9.6 if gain_arms else 5.0, 3.6)
         axes = fig.subplots(1, 2 if gain_arms else 1)
@@ -236,7 +250,7 @@ def gain_vs_share(points: pd.DataFrame, baseline: str) -> bytes:
     """Per synthetic arm family (a line), its gain over the baseline against the share of synthetic
     samples per batch, on the mean over patients (left) and the worst patient (right), with CIs.
     ``points``: family, share, mean, mean_lo, mean_hi, worst, worst_lo, worst_hi, descriptive."""
-    with matplotlib.rc_context(_STYLE):
+    with _style():
         fig = _figure(9.6, 3.8)
         axes = _gain_axes(fig, baseline, "share of synthetic samples per batch")
         families = list(dict.fromkeys(points["family"]))
@@ -255,7 +269,7 @@ def gain_vs_cost(points: pd.DataFrame, baseline: str) -> bytes:
     """One point per arm (coloured by family, named): its gain over the baseline against the compute it
     took, on the mean over patients (left) and the worst patient (right), with CIs.
     ``points``: arm, family, seconds, mean, mean_lo, mean_hi, worst, worst_lo, worst_hi, descriptive."""
-    with matplotlib.rc_context(_STYLE):
+    with _style():
         fig = _figure(9.6, 3.8)
         axes = _gain_axes(fig, baseline, "compute (wall seconds)")
         families = list(dict.fromkeys(points["family"]))
