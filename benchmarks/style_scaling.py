@@ -1,7 +1,7 @@
 """How the style measures grow with diffusion training steps, model width and design (pixel or latent).
 
     python benchmarks/style_scaling.py --results results [--steps 150 300 600 1200] [--widths 1 2] [--lr 0.001]
-        [--latent pixel results/autoencoder/model]
+        [--latent pixel results/autoencoder/model] [--cross-attention]
 
 The demo trains the ``tiny`` preset for a few hundred CPU steps; the style targets (median transfer
 ratio >= 0.6, no pair below 0.3, layout fidelity within 0.1 of real tiles) are not all reached there.
@@ -121,6 +121,12 @@ def main() -> None:
     ap.add_argument("--latent", nargs="+", default=["pixel"], metavar="DESIGN",
                     help="one run per design: pixel (pixel space) or an autoencoder directory (sedm train-autoencoder "
                          "--out) to train in its latent space; several compare the designs in one run")
+    ap.add_argument("--cross-attention", action="store_true",
+                    help="also offer the style patches' vectors as cross-attention tokens (diffusion.cross_attention): "
+                         "texture borrowed from the style patches")
+    ap.add_argument("--stain-match", type=float, default=None,
+                    help="synthesis.stain_match for the measures (default: the config's); 0 measures the learned "
+                         "style pathway alone, since stain matching makes the transfer ratio trivially high")
     ap.add_argument("--fidelity-layouts", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="directory to keep the snapshots and measures (default: temporary)")
@@ -129,6 +135,8 @@ def main() -> None:
     steps = sorted(set(args.steps))
 
     config = load_config(args.config)
+    if args.stain_match is not None:
+        config["synthesis"] = dict(config["synthesis"], stain_match=args.stain_match)
     samples = load_samples(config["samples"])
     paths = results_paths(args.results)
     role = samples["role"].to_dict()
@@ -145,6 +153,7 @@ def main() -> None:
         for design, width in [(d, w) for d in args.latent for w in args.widths]:
             cfg = dict(config, diffusion=widened(config["diffusion"], width, steps, args.lr))
             cfg["diffusion"]["latent"] = None if design == "pixel" else design
+            cfg["diffusion"]["cross_attention"] = args.cross_attention or cfg["diffusion"]["cross_attention"]
             name = f"w{width}" if design == "pixel" else f"{Path(design).name}-w{width}"
             run_dir, work = root / name / "run", root / name
             t0 = time.perf_counter()
@@ -159,6 +168,8 @@ def main() -> None:
                                 work / f"step-{step}.grid.png")
                 fid = layout_fidelity(cfg, model_dir, labelled, unlabelled, segmenter, args.fidelity_layouts, robust)
                 row = {"design": "pixel" if design == "pixel" else "latent", "width": width,
+                       "cross_attention": cfg["diffusion"]["cross_attention"],
+                       "stain_match": cfg["synthesis"]["stain_match"],
                        "params_m": round(params / 1e6, 2), "step": step, "lr": cfg["diffusion"]["lr"],
                        "sec_per_step": round(sec_per_step, 3),
                        "transfer_median": style["transfer"]["median"], "transfer_min": style["transfer"]["min"],
