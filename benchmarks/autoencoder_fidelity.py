@@ -12,7 +12,8 @@ warm-up, so the run to 300 steps is the first 300 steps of the run to 1200) and 
 Per row: seconds per training step (from the run's own log, without data set-up and QA; as a ratio to
 the first row's, measured in the same run), PSNR and SSIM of the
 layout decoder's reconstructions, its mean absolute OD error per stain and that error over the slides'
-OD spread (the target is well below 1). The last output line is one JSON object.
+OD spread (the target is well below 1); with a layout decoder the same for the plain decoder beside it
+(``plain_``). The last output line is one JSON object.
 """
 
 from __future__ import annotations
@@ -49,14 +50,14 @@ def autoencoder_config(config: dict, width: int, steps: int) -> dict:
     return cfg
 
 
-def fidelity_row(qa: dict, decoder: str) -> dict:
+def fidelity_row(qa: dict, decoder: str, prefix: str = "") -> dict:
     """PSNR, SSIM, mean absolute OD error per stain and its ratio to the slides' OD spread."""
     block = qa[decoder]
     err, spread = block["od_error_abs"], block["slide_od_spread"]
-    return {"psnr": round(block["psnr"], 2), "ssim": round(block["ssim"], 3),
-            **{f"od_error_{s}": round(err[s], 5) for s in STAINS},
-            **{f"od_spread_{s}": round(spread[s], 5) for s in STAINS if spread[s] is not None},
-            **{f"error_over_spread_{s}": round(err[s] / spread[s], 2) for s in STAINS if spread[s]}}
+    return {f"{prefix}psnr": round(block["psnr"], 2), f"{prefix}ssim": round(block["ssim"], 3),
+            **{f"{prefix}od_error_{s}": round(err[s], 5) for s in STAINS},
+            **({} if prefix else {f"od_spread_{s}": round(spread[s], 5) for s in STAINS if spread[s] is not None}),
+            **{f"{prefix}error_over_spread_{s}": round(err[s] / spread[s], 2) for s in STAINS if spread[s]}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"width": width, "block_out_channels": cfg["autoencoder"]["block_out_channels"],
                        "steps": steps, "sec_per_step": round(sec_per_step, 3),
                        "sec_per_step_ratio": round(sec_per_step / rows[0]["sec_per_step"], 2) if rows else 1.0,
-                       **fidelity_row(json.loads((work / "qa.json").read_text()), decoder)}
+                       **fidelity_row(qa := json.loads((work / "qa.json").read_text()), decoder),
+                       **(fidelity_row(qa, "autoencoder", "plain_") if decoder != "autoencoder" else {})}
                 rows.append(row)
                 print(" ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr, flush=True)
     print(json.dumps({"benchmark": "autoencoder_fidelity", "results": str(args.results), "seed": int(config["seed"]),

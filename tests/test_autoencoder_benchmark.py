@@ -34,11 +34,13 @@ def test_curve_points_train_as_configured_and_report_error_over_spread(tmp_path,
     assert [r["block_out_channels"] for r in rows] == [[8, 8, 8]] * 2 + [[16, 16, 16]] * 2
     assert rows[0]["sec_per_step_ratio"] == 1.0 and all(r["sec_per_step"] > 0 for r in rows)
     for r in rows:
-        qa = json.loads((out / f"w{r['width']}-s{r['steps']}" / "qa.json").read_text())["layout_decoder"]
-        assert qa["crops"] > 0
-        for stain in "HED":
-            assert r[f"od_error_{stain}"] == pytest.approx(qa["od_error_abs"][stain], abs=1e-5)
-            assert r[f"error_over_spread_{stain}"] == pytest.approx(
-                qa["od_error_abs"][stain] / qa["slide_od_spread"][stain], abs=0.01)
+        qa_file = json.loads((out / f"w{r['width']}-s{r['steps']}" / "qa.json").read_text())
+        for decoder, prefix in (("layout_decoder", ""), ("autoencoder", "plain_")):
+            qa = qa_file[decoder]
+            assert qa["crops"] > 0 and r[f"{prefix}psnr"] == pytest.approx(qa["psnr"], abs=0.01)
+            for stain in "HED":
+                assert r[f"{prefix}od_error_{stain}"] == pytest.approx(qa["od_error_abs"][stain], abs=1e-5)
+                assert r[f"{prefix}error_over_spread_{stain}"] == pytest.approx(
+                    qa["od_error_abs"][stain] / qa["slide_od_spread"][stain], abs=0.01)
         provenance = json.loads((out / f"w{r['width']}-s{r['steps']}" / "model" / "config.json").read_text())
         assert list(provenance["block_out_channels"]) == r["block_out_channels"]
