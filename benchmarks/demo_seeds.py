@@ -59,12 +59,16 @@ def seed_figures(results: Path) -> dict:
         if "transfer_random_init" in c:
             chance = c["transfer_random_init"]
             out["transfer_median_random"], out["transfer_min_random"] = chance["median"], chance["min"]
+        if "transfer_learned" in c:  # stain matching on: the learned pathway alone
+            out["transfer_learned_median"] = c["transfer_learned"]["median"]
+            out["transfer_learned_median_random"] = c["transfer_learned_random_init"]["median"]
         out["separability"], out["separability_random"] = (c["separability"]["trained"],
                                                            c["separability"]["random_init"])
     fidelity = results / "eval" / "layout_fidelity.json"
     if fidelity.is_file():
         f = json.loads(fidelity.read_text())
         out["fidelity_synthetic"], out["fidelity_real"] = f["macro_dice"], f["real_val_macro_dice"]
+        out["fidelity_real_restained"] = f.get("restained_real_val_macro_dice")
     return out
 
 
@@ -112,8 +116,9 @@ def summarise(per_seed: dict[str, dict]) -> dict:
     table = {arm: {k: spread([s["arms"][arm][k] for s in per_seed.values()])
                    for k in ("mean_dice", "worst_dice", "std_dice")} for arm in arms}
     style = {k: spread([s[k] for s in per_seed.values() if s.get(k) is not None])
-             for k in ("transfer_median", "transfer_min", "separability", "separability_random",
-                       "fidelity_synthetic", "fidelity_real") if any(s.get(k) is not None for s in per_seed.values())}
+             for k in ("transfer_median", "transfer_min", "transfer_learned_median", "transfer_learned_median_random",
+                       "separability", "separability_random",
+                       "fidelity_synthetic", "fidelity_real", "fidelity_real_restained") if any(s.get(k) is not None for s in per_seed.values())}
     return {"arms": table, "style": style, "winners": winners(per_seed),
             "versus_best_baseline": versus_best_baseline(per_seed, table)}
 

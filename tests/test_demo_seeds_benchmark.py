@@ -21,8 +21,10 @@ def _results(root, real, stedm, transfer):
             "stedm": {"mean_dice": stedm, "worst_dice": stedm - 0.1, "std_dice": 0.05}}
     (root / "eval" / "summary.json").write_text(json.dumps({"arms": arms}))
     (root / "synthesis" / "style_check.json").write_text(json.dumps(
-        {"transfer": {"median": transfer, "min": transfer / 2}, "separability": {"trained": 2.0, "random_init": 0.1}}))
-    (root / "eval" / "layout_fidelity.json").write_text(json.dumps({"macro_dice": 0.5, "real_val_macro_dice": 0.8}))
+        {"transfer": {"median": transfer, "min": transfer / 2}, "separability": {"trained": 2.0, "random_init": 0.1},
+         "transfer_learned": {"median": transfer / 4}, "transfer_learned_random_init": {"median": 0.01}}))
+    (root / "eval" / "layout_fidelity.json").write_text(json.dumps({"macro_dice": 0.5, "real_val_macro_dice": 0.8,
+                                                                          "restained_real_val_macro_dice": 0.6}))
     return root
 
 
@@ -37,6 +39,8 @@ def test_summary_over_seeds(bench, tmp_path, capsys):
     assert out["arms"]["stedm"]["worst_dice"]["mean"] == pytest.approx(0.6)
     assert out["style"]["transfer_median"]["values"] == [0.4, 0.6, 0.8]
     assert out["style"]["fidelity_synthetic"]["mean"] == pytest.approx(0.5)
+    assert out["style"]["fidelity_real_restained"]["mean"] == pytest.approx(0.6)
+    assert out["style"]["transfer_learned_median"]["values"] == [0.1, 0.15, 0.2]
 
 
 def _study(root, dice):

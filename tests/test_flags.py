@@ -89,6 +89,17 @@ def test_transfer_median_at_or_below_chance_is_flagged(median, chance, flagged):
         assert "at or below chance" in flags[0] and f"{median:.3f}" in flags[0]
 
 
+def test_learned_transfer_at_chance_is_flagged_though_stain_matching_lifts_the_ratio():
+    """With stain matching, trained and random models both read ~1; the learned pathway alone decides."""
+    matched = {"transfer": {"median": 0.99}, "transfer_random_init": {"median": 0.98}}
+    assert transfer_flags(matched) == []
+    at_chance = transfer_flags({**matched, "transfer_learned": {"median": 0.01},
+                                "transfer_learned_random_init": {"median": 0.02}})
+    assert len(at_chance) == 1 and "stain matching off" in at_chance[0] and "0.010" in at_chance[0]
+    assert transfer_flags({**matched, "transfer_learned": {"median": 0.30},
+                           "transfer_learned_random_init": {"median": 0.02}}) == []
+
+
 def test_report_flags_transfer_at_chance(report):
     results, render = report
 

@@ -82,7 +82,8 @@ def test_full_report_shows_every_section_deterministically(cohort, tmp_path):
     assert "montage" in {f.name for f in figures if f.section == "autoencoder"}
     # style transfer: the measures' headline numbers, the pair table and the style grid
     transfer = re.search(r'<section id="style-transfer">(.*?)</section>', html, flags=re.S).group(1)
-    for number in ("0.654", "0.312", "0.412, -0.506", "7.250", "0.081", "0.457", "0.789", "0.601, 0.812"):
+    for number in ("0.654", "0.312", "0.412, -0.506", "7.250", "0.081", "0.457", "0.789", "0.601, 0.812",
+                   "0.535", "restained validation 0.723", "0.061, -0.022 (0.021, -0.191)"):
         assert number in transfer, number
     assert "<td>U1</td><td>U2</td>" in transfer and "style_grid" in {f.name for f in figures}
     assert "synthesis.stain_match" in transfer and "measures the matching" in visible_text(transfer)

@@ -91,6 +91,14 @@ def test_first_run_executes_every_stage_with_a_benchmark(done):
     html = (done / "results/report/report.html").read_text()
     for rule in set(jobs) - {"stage_config", "report"}:
         assert rule in html
+    # the tiny config matches stains (synthesis.stain_match 1): fidelity has the restained reference
+    fidelity = json.loads((done / "results/eval/layout_fidelity.json").read_text())
+    assert 0 <= fidelity["restained_real_val_macro_dice"] <= 1
+    assert set(fidelity["restained_real_per_slide"]) == set(fidelity["per_slide"])
+    assert "restained like the synthetic ones" in html
+    check = json.loads((done / "results/synthesis/style_check.json").read_text())
+    assert check["sampling"]["stain_match"] > 0 and check["transfer_learned"]["n_pairs"] >= 1
+    assert "the learned pathway alone" in html
 
 
 def test_nothing_changed_reruns_nothing(done):

@@ -5,7 +5,10 @@ plausible in a montage; segmentation then learns colour, not tissue. The check: 
 model trained on real tiles alone (the baseline arm) segments the synthetic images, scored against
 the layouts they were drawn from, next to its Dice on the real validation tiles. Close to the real
 figure: synthetic tiles look like real tissue to a model that knows real tissue. Far below: they
-do not (flat colour fields score low, since real tissue is textured).
+do not (flat colour fields score low, since real tissue is textured). When synthesis restains its
+tiles to the unlabelled slides' stains (``synthesis.stain_match``), the same validation tiles restained
+the same way are the second reference: the gap to it is the generator's, the rest is the judge's
+unfamiliarity with those stains.
 """
 
 from __future__ import annotations
@@ -48,20 +51,13 @@ def synthetic_dice(segment: SegmentFn, sets: Mapping[str, Any], n_classes: int, 
     return {"macro_dice": _finite(macro(dice)), "dice_per_class": [_finite(d) for d in dice], "per_slide": per_set}
 
 
-def reconstruction_dice(segment: SegmentFn, autoencoder: str | Path, stores: list[str | Path], slides: list[str],
-                        classes: list[str], max_tiles: int, batch_size: int = 16) -> dict:
-    """The segmenter's macro Dice on the most annotated tiles of ``slides`` (its validation slides), as they are
-    and as the latent autoencoder reconstructs them (plain decoder; the layout decoder given the tile's
-    own labels): the ceiling a latent diffusion model can reach with that autoencoder."""
-    import torch
-
-    from sedm.labels import n_layout_channels, one_hot
-    from sedm.models.codec import load_latent_codec
-    from sedm.models.stedm import stain_condition
+def validation_tiles(stores: list[str | Path], slides: list[str], classes: list[str],
+                     max_tiles: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The ``max_tiles`` most annotated whole tiles of ``slides`` (the segmenter's validation slides) as
+    (image, labels) pairs: the real tiles every reference figure of this module is measured on."""
     from sedm.tiling.store import SlideStore
     from sedm.tiling.table import fraction_columns
 
-    codec = load_latent_codec(autoencoder)
     tiles = []
     for path in stores:
         store = SlideStore(path)
@@ -77,8 +73,23 @@ def reconstruction_dice(segment: SegmentFn, autoencoder: str | Path, stores: lis
             if image.shape[:2] == (t, t):
                 tiles.append((image, labels))
     if not tiles:
-        raise InputError(None, "--autoencoder-slides", f"no whole annotated tile in {slides}",
-                         "pass the segmenter's validation slides' stores")
+        raise InputError(None, "--stores", f"no whole annotated tile of the validation slides {slides}",
+                         "pass the labelled stores, which hold the segmenter's validation slides")
+    return tiles
+
+
+def reconstruction_dice(segment: SegmentFn, autoencoder: str | Path, tiles: list[tuple[np.ndarray, np.ndarray]],
+                        classes: list[str], batch_size: int = 16) -> dict:
+    """The segmenter's macro Dice on its validation ``tiles`` as they are and as the latent autoencoder
+    reconstructs them (plain decoder; the layout decoder given the tile's own labels): the ceiling a
+    latent diffusion model can reach with that autoencoder."""
+    import torch
+
+    from sedm.labels import n_layout_channels, one_hot
+    from sedm.models.codec import load_latent_codec
+    from sedm.models.stedm import stain_condition
+
+    codec = load_latent_codec(autoencoder)
     n_layout = n_layout_channels(classes, tissue_channel=True)
     variants: dict[str, list] = {"original": [], "autoencoder": [], "layout_decoder": []}
     with torch.no_grad():
@@ -96,7 +107,44 @@ def reconstruction_dice(segment: SegmentFn, autoencoder: str | Path, stores: lis
                 variants[name] += list(zip(u8, labels))
     scores = {name: synthetic_dice(segment, {"all": data}, len(classes), batch_size)["macro_dice"]
               for name, data in variants.items() if data}
-    return {"tiles": len(tiles), "slides": sorted(slides), "macro_dice": scores}
+    return {"tiles": len(tiles), "macro_dice": scores}
+
+
+def restained_tiles(tiles: list[tuple[np.ndarray, np.ndarray]], synthetic: str | Path,
+                    style_stores: Mapping[str, str | Path]) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+    """The validation ``tiles`` restained as the synthetic store's tiles were: tile ``i`` takes the style
+    patches of synthetic sample ``i`` (cycled; read back from the store's provenance) and the store's
+    ``stain_match`` strength. Returns the pairs and the strength (0: nothing was restained).
+
+    Stain matching moves every synthetic tile to an unlabelled slide's stain, which a segmenter trained
+    on the labelled slides' stains reads worse on *any* tissue. Real tissue restained the same way is the
+    reference that separates that stain gap from what the generator itself gets wrong."""
+    import torch
+    import zarr
+
+    from sedm.stain.statistics import match_od_means
+    from sedm.synthesis.shards import read_provenance
+    from sedm.tiling.store import SlideStore
+
+    attrs = dict(zarr.open_group(str(synthetic), mode="r", zarr_format=3).attrs.get("sedm", {}))
+    strength = float(attrs.get("stain_match", 0.0))
+    if strength <= 0:
+        return tiles, 0.0
+    slide = str(attrs["slide_id"])
+    if slide not in style_stores:
+        raise InputError(synthetic, "attrs.sedm.slide_id", f"its style slide {slide!r} is not among --style-stores",
+                         "pass the store of every unlabelled slide the synthetic stores were drawn in")
+    store, size = SlideStore(style_stores[slide]), int(attrs["style_patch_size"])
+    rows = read_provenance(synthetic)
+    out = []
+    for i, (image, labels) in enumerate(tiles):
+        row = rows.iloc[i % len(rows)]
+        styles = np.stack([store.read_image(int(y), int(x), size, size) for y, x in zip(row["style_y"], row["style_x"])])
+        x = torch.from_numpy(image[None]).movedim(-1, 1).float() / 127.5 - 1
+        st = torch.from_numpy(styles[None]).movedim(-1, 2).float() / 127.5 - 1
+        matched = match_od_means(x, st, strength)
+        out.append((((matched[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).movedim(0, -1).numpy(), labels))
+    return out, strength
 
 
 def _finite(value: float) -> float | None:
@@ -161,22 +209,55 @@ def run(args: argparse.Namespace) -> int:
                    "real_val_macro_dice": real,
                    "gap": None if real is None or result["macro_dice"] is None else real - result["macro_dice"],
                    "n_synthetic": {k: len(v) for k, v in sets.items()}})
+    batch = int(seg["inference"]["batch_size"])
+    tiles, restained = [], {}
+    if args.stores:
+        val_slides = list(meta.get("split", {}).get("val_slides") or [])
+        tiles = validation_tiles(args.stores, val_slides, classes, int(seg["val_tiles"]))
+        restained = _restained_sets(tiles, {s.slide_id: s.path for s in sets.values()}, args.style_stores)
+    judges = [(result, segment_fn)]
     if args.stain_robust_model:
         # a judge that knows every stain: low fidelity here means "not tissue", not "an unfamiliar stain"
         robust_fn, robust_meta = load_segmenter(args.stain_robust_model, resolve_device(seg["device"]), bool(seg["amp"]))
-        robust = synthetic_dice(robust_fn, sets, len(classes), int(seg["inference"]["batch_size"]))
+        robust = synthetic_dice(robust_fn, sets, len(classes), batch)
         result["stain_robust"] = {"arm": robust_meta.get("arm"), "macro_dice": robust["macro_dice"],
                                   "per_slide": robust["per_slide"],
                                   "real_val_macro_dice": robust_meta.get("best_val_macro_dice")}
+        judges.append((result["stain_robust"], robust_fn))
+    if restained:
+        for out, judge in judges:
+            real_restained = synthetic_dice(judge, restained, len(classes), batch)
+            out["restained_real_val_macro_dice"] = real_restained["macro_dice"]
+            out["restained_real_per_slide"] = real_restained["per_slide"]
+            out["restained_gap"] = (None if real_restained["macro_dice"] is None or out["macro_dice"] is None
+                                    else real_restained["macro_dice"] - out["macro_dice"])
+        log.info("%s's macro Dice on its validation tiles restained like the synthetic ones: %s", result["arm"],
+                 result["restained_real_val_macro_dice"])
     if args.autoencoder:
-        val_slides = list(meta.get("split", {}).get("val_slides") or [])
-        result["autoencoder"] = reconstruction_dice(segment_fn, args.autoencoder, args.stores or [], val_slides,
-                                                    classes, int(seg["val_tiles"]), int(seg["inference"]["batch_size"]))
+        if not tiles:
+            raise InputError(None, "--stores", "the autoencoder ceiling needs the validation slides' tiles",
+                             "pass the labelled stores with --stores")
+        result["autoencoder"] = reconstruction_dice(segment_fn, args.autoencoder, tiles, classes, batch)
+        result["autoencoder"]["slides"] = sorted(meta.get("split", {}).get("val_slides") or [])
         log.info("autoencoder ceiling: %s", result["autoencoder"]["macro_dice"])
     write_text(args.out, json.dumps(result, indent=2) + "\n")
     log.info("layout fidelity: %s's macro Dice %s on synthetic tiles vs %s on real validation tiles",
              result["arm"], result["macro_dice"], real)
     return 0
+
+
+def _restained_sets(tiles: list, synthetic: Mapping[str, Path], style_stores: list[str]) -> dict[str, list]:
+    """Per synthetic set, the validation tiles restained as its tiles were; empty when no set was
+    stain-matched (then the real validation Dice already is the reference)."""
+    from sedm.tiling.store import SlideStore
+
+    by_slide = {SlideStore(p).slide_id: p for p in style_stores}
+    sets = {}
+    for slide, path in synthetic.items():
+        pairs, strength = restained_tiles(tiles, path, by_slide)
+        if strength > 0:
+            sets[slide] = pairs
+    return sets
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -189,4 +270,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with it (tiles in a stain the baseline never saw can look wrong to the baseline alone)")
     parser.add_argument("--autoencoder", default=None, help="latent autoencoder directory: also score its "
                         "reconstructions of the segmenter's validation tiles (the ceiling of latent synthesis)")
-    parser.add_argument("--stores", nargs="*", default=[], help="labelled stores (the validation slides' tiles)")
+    parser.add_argument("--stores", nargs="*", default=[], help="labelled stores (the validation slides' tiles): "
+                        "the real tiles of the references (restained like the synthetic tiles; reconstructed)")
+    parser.add_argument("--style-stores", nargs="*", default=[], help="stores of the unlabelled slides the synthetic "
+                        "tiles were drawn in: their style patches restain the validation tiles as the synthetic "
+                        "tiles were (synthesis.stain_match)")

@@ -35,14 +35,17 @@ rule layout_fidelity:
         config=seg_config(baseline_arm(config)),
         autoencoder=[paths.autoencoder] if config["diffusion"]["latent"] == "cohort" else [],
         robust=[paths.seg_model.format(arm=stain_robust_arm(config))] if stain_robust_arm(config) else [],
+        # the references' real tiles: the segmenter's validation slides (labelled stores) and the style
+        # patches they are restained with (unlabelled stores); both upstream of this job already
+        stores=expand(paths.store, slide=LABELLED),
+        style_stores=expand(paths.store, slide=UNLABELLED),
     output:
         paths.layout_fidelity,
     params:
         robust=lambda w, input: ["--stain-robust-model", *input.robust] if input.robust else [],
         # the ceiling of latent synthesis: the segmenter on the autoencoder's reconstructions of its
-        # validation tiles (labelled stores: upstream of the segmenter already)
-        autoencoder=lambda w, input: ["--autoencoder", *input.autoencoder, "--stores", *expand(paths.store,
-                                      slide=LABELLED)] if input.autoencoder else [],
+        # validation tiles
+        autoencoder=lambda w, input: ["--autoencoder", *input.autoencoder] if input.autoencoder else [],
     threads: config["segmentation"]["threads"]
     resources:
         mem_mb=lambda w, attempt: config["segmentation"]["mem_mb"] * attempt,
@@ -55,4 +58,5 @@ rule layout_fidelity:
         ENV
     shell:
         "sedm layout-fidelity --config {input.config:q} --runtime {resources.sedm_runtime:q} --model {input.model:q}"
-        " --synthetic {input.synthetic:q} {params.robust:q} {params.autoencoder:q} --out {output:q} --log {log:q}"
+        " --synthetic {input.synthetic:q} {params.robust:q} {params.autoencoder:q} --stores {input.stores:q}"
+        " --style-stores {input.style_stores:q} --out {output:q} --log {log:q}"
