@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from builders.report import visible_text, write_benchmark, write_samples, write_summary
-from builders.workflow import (edit_config, make_workdir, output, planned_jobs, planned_wildcards, read_sheet,
-                               snakemake)
+from builders.workflow import (edit_config, flat_config, make_workdir, output, planned_jobs, planned_wildcards,
+                               read_sheet, snakemake)
 from sedm.cli import main
 from sedm.config import STAGE_SECTIONS, check_cohort, load_samples, validate_config
 from sedm.errors import InputError
@@ -263,16 +263,6 @@ def test_report_draws_gain_vs_share_and_gain_vs_cost(fixture_results, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- study
-def _flat(tree: dict, prefix: tuple = ()) -> dict[tuple, object]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, (*prefix, key)))
-        else:
-            out[(*prefix, key)] = value
-    return out
-
-
 def test_study_config_is_the_demo_config_with_a_sweep(repo):
     """`--configfile` uses exactly the file given, so the study repeats every demo value; what it changes
     is the results folder, the arms and the sweep of at least four shares from 0 to 0.8."""
@@ -284,5 +274,5 @@ def test_study_config_is_the_demo_config_with_a_sweep(repo):
     assert {"real", "stain_aug", "stedm", "stedm_stain_aug"} <= set(config["segmentation"]["arms"])
     assert study["results"] != demo["results"]
     changed = ("results",), ("segmentation", "synthetic_fraction")
-    kept = {k: v for k, v in _flat(study).items() if k not in changed and k[:2] != ("segmentation", "arms")}
-    assert kept == {k: v for k, v in _flat(demo).items() if k not in changed and k[:2] != ("segmentation", "arms")}
+    kept = {k: v for k, v in flat_config(study).items() if k not in changed and k[:2] != ("segmentation", "arms")}
+    assert kept == {k: v for k, v in flat_config(demo).items() if k not in changed and k[:2] != ("segmentation", "arms")}

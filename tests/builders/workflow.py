@@ -103,3 +103,14 @@ def planned_jobs(text: str) -> Counter:
         elif parts and parts[0] == "total":
             break
     return counts
+
+
+def flat_config(tree: dict, prefix: tuple = ()) -> dict[tuple, object]:
+    """A config as {(section, ..., key): value}: two configs compare key by key."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat_config(value, (*prefix, key)))
+        else:
+            out[(*prefix, key)] = value
+    return out
