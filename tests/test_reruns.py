@@ -96,9 +96,6 @@ def test_first_run_executes_every_stage_with_a_benchmark(done):
     assert 0 <= fidelity["restained_real_val_macro_dice"] <= 1
     assert set(fidelity["restained_real_per_slide"]) == set(fidelity["per_slide"])
     assert "restained like the synthetic ones" in html
-    check = json.loads((done / "results/synthesis/style_check.json").read_text())
-    assert check["sampling"]["stain_match"] > 0 and check["transfer_learned"]["n_pairs"] >= 1
-    assert "the learned pathway alone" in html
 
 
 def test_nothing_changed_reruns_nothing(done):

@@ -290,5 +290,15 @@ def test_style_check_command_writes_measures_and_grid(tmp_path, capsys, caplog):
     assert result["separability"]["patches_per_slide"] == 3
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.width > grid.height  # 4 columns (layout + 3 styles), 3 rows
+    assert "transfer_learned" not in result  # no stain matching: the transfer ratio is the learned pathway's
+    # with stain matching on, the learned pathway alone is measured beside it: the unmatched run's figures
+    cfg["synthesis"]["stain_match"] = 1.0
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    assert main(args[:-1] + ["--out", str(tmp_path / "matched.json"), "--style-stores"] + [str(s) for s in sources]) == 0
+    matched = json.loads((tmp_path / "matched.json").read_text())
+    assert matched["sampling"]["stain_match"] == 1.0
+    for key in ("median", "min", "n_pairs"):
+        assert matched["transfer_learned"][key] == result["transfer"][key]
+        assert matched["transfer_learned_random_init"][key] == result["transfer_random_init"][key]
     assert main(args + [str(sources[0])]) == 2
     assert "at least two unlabelled slides" in capsys.readouterr().err
