@@ -126,10 +126,10 @@ def test_tiny_pipeline_on_slurm_survives_preemption(slurm, tmp_path):
     training = jobs[rules == "train_diffusion"]
     assert training["state"].tolist() == ["FAILED", "COMPLETED"]
     assert executed_jobs(text)["train_diffusion"] == 1
-    started = [int(s) for s in re.findall(r"steps (\d+) -> \d+", (work / "logs/train_diffusion/model.log").read_text())]
+    started = [int(s) for s in re.findall(r"steps (\d+) -> \d+", (work / "results/logs/train_diffusion/model.log").read_text())]
     assert started and started[-1] >= stopped_after > 0
     # the preempted attempt's log is kept beside the log of the attempt that finished
-    assert "checkpoint written, exit 75" in (work / "logs/train_diffusion/model.log.attempt-1").read_text()
+    assert "checkpoint written, exit 75" in (work / "results/logs/train_diffusion/model.log.attempt-1").read_text()
     steps = pd.read_csv(run_dir / "train_log.csv")["step"].tolist()
     assert steps == list(range(1, len(steps) + 1))  # every step once: the resumed run continued the log
 

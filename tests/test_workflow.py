@@ -38,6 +38,8 @@ def test_tiling_stage_runs_end_to_end(tiled):
         assert len(table) == summary.set_index("slide_id").loc[slide, "n_tiles"] > 0
         assert (tiled / f"results/tiles/{slide}.qc.png").stat().st_size > 0
         assert (tiled / f"results/benchmarks/tile_slide/{slide}.tsv").is_file()
+        # the job's log lives in the results folder it explains (two results folders never share one)
+        assert f"-> results/tiles/{slide}.zarr" in (tiled / f"results/logs/tile_slide/{slide}.log").read_text()
     labelled = sheet.loc[sheet["role"] == "labelled", "slide_id"].iloc[0]
     assert SlideStore(tiled / f"results/tiles/{labelled}.zarr").tiles()["frac_tumour"].sum() > 0
 

@@ -71,7 +71,8 @@ wildcard_constraints:
 paths = results_paths(R)
 paths.demo_slide = f"{config['demo']['out']}/slides/{{slide}}.tiff"
 paths.demo_annotation = f"{config['demo']['out']}/annotations/{{slide}}.geojson"
-paths.log = "logs/{rule}/{name}.log"
+# Logs live with the results they explain: two results folders (seeds, configs) never share a log.
+paths.log = f"{R}/logs/{{rule}}/{{name}}.log"
 
 
 # Runtime-only settings (sedm.config.RUNTIME_KEYS: threads, memory, device, checkpoint cadence, ...)
