@@ -117,6 +117,25 @@ def test_colour_fidelity_measure_catches_a_stain_shift():
     assert summary["slide_od_spread"]["H"] == 0  # both slides hold the same original: no spread between them
 
 
+def test_lowpass_term_sees_regional_colour_not_texture():
+    from sedm.models.autoencoder import image_gradient_l1, lowpass_l1, reconstruction_loss
+
+    flat = torch.zeros(1, 3, 32, 32)
+    checker = flat.clone()
+    checker[..., ::2, ::2], checker[..., 1::2, 1::2] = 0.5, 0.5
+    checker[..., ::2, 1::2], checker[..., 1::2, ::2] = -0.5, -0.5  # block means 0, like flat
+    tinted = flat.clone()
+    tinted[:, 0, :16] += 0.06  # a regional red offset of about 8 grey levels
+    assert lowpass_l1(checker, flat) == pytest.approx(0.0, abs=1e-7)
+    assert lowpass_l1(tinted, flat) == pytest.approx(0.06 / 6, rel=1e-5)  # 1 of 3 channels, half the blocks
+    section = {"gradient_weight": 0.5, "lowpass_weight": 0.0}
+    plain = (checker - flat).abs().mean() + 0.5 * image_gradient_l1(checker, flat)
+    assert reconstruction_loss(checker, flat, section) == pytest.approx(float(plain))  # weight 0: the old loss
+    section["lowpass_weight"] = 8.0
+    assert (reconstruction_loss(tinted, flat, section) - reconstruction_loss(tinted, flat, {**section, "lowpass_weight": 0}))\
+        == pytest.approx(8 * 0.01, rel=1e-4)
+
+
 def test_latent_cohort_diffusion_carries_its_autoencoder(stores, tmp_path):
     from sedm.diffusion.train import latent_path
     from sedm.diffusion.train import train as train_diffusion

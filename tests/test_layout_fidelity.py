@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sedm.errors import InputError
-from sedm.evaluation.layout_fidelity import baseline_arm, synthetic_dice
+from sedm.evaluation.layout_fidelity import baseline_arm, synthetic_dice, with_texture_of
 
 TEXTURE = {1: (200, 150, 215), 2: (230, 160, 190), 3: (215, 175, 160)}
 """Flat class colours of a colour-only generator: distinct hues, no texture."""
@@ -51,6 +51,45 @@ def test_textured_synthetic_tiles_score_high_flat_colour_tiles_low():
     both = synthetic_dice(_texture_reader, {"A": textured, "B": flat}, n_classes=3, batch_size=3)
     assert both["per_slide"]["A"] == pytest.approx(good["macro_dice"])
     assert bad["macro_dice"] < both["macro_dice"] < good["macro_dice"]
+
+
+def _colour_reader(images):
+    """A segmenter that tells classes apart by regional colour (what one trained on few stains learns)."""
+    from scipy import ndimage
+
+    red = ndimage.uniform_filter(images[..., 0].astype(float), size=(1, 7, 7))
+    return np.where(red > 200, 2, 1).astype(np.uint8)
+
+
+def test_texture_entry_splits_a_decoders_colour_loss_from_its_texture_loss():
+    rng = np.random.default_rng(1)
+    layouts = [_layout(rng) for _ in range(8)]
+    originals = np.stack([_textured(lab, rng) for lab in layouts])
+    for images, lab in zip(originals, layouts):  # two classes by colour: class 2 redder
+        images[lab == 2] = np.clip(images[lab == 2].astype(int) + (30, 0, 0), 0, 255)
+    labels = [np.where(lab == 3, 1, lab).astype(np.uint8) for lab in layouts]
+    # a decoder with the texture right and the regional colour shifted
+    shifted = np.clip(originals.astype(int) + (-40, 10, 0), 0, 255).astype(np.uint8)
+    restored = with_texture_of(originals, shifted)
+    assert np.abs(restored.astype(int) - originals).max() <= 1
+    # a decoder with the colour right and the texture blurred away
+    from scipy.ndimage import uniform_filter
+    blurred = uniform_filter(originals, size=(1, 5, 5, 1))
+    assert np.abs(with_texture_of(originals, blurred).astype(int) - originals).mean() > 10
+
+    def dice(reader, images):
+        return synthetic_dice(reader, {"a": list(zip(images, labels))}, n_classes=2)["macro_dice"]
+
+    assert dice(_colour_reader, shifted) < dice(_colour_reader, originals) - 0.3
+    assert dice(_colour_reader, restored) == pytest.approx(dice(_colour_reader, originals), abs=0.01)
+    texture = [(_textured(lab, rng), lab) for lab in layouts]
+    t_orig = np.stack([t[0] for t in texture])
+    t_blur = uniform_filter(t_orig, size=(1, 7, 7, 1))
+
+    def tdice(images):
+        return synthetic_dice(_texture_reader, {"a": list(zip(images, layouts))}, n_classes=3)["macro_dice"]
+
+    assert tdice(with_texture_of(t_orig, t_blur)) < tdice(t_orig) - 0.2  # lost texture stays lost
 
 
 def test_baseline_arm_is_a_real_data_arm():

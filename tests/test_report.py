@@ -77,8 +77,9 @@ def test_full_report_shows_every_section_deterministically(cohort, tmp_path):
     assert "near-copies should be 0" in visible_text(synthesis)
     # autoencoder: reconstruction and colour fidelity beside the slides' spread, and the Dice ceiling
     autoencoder = re.search(r'<section id="autoencoder">(.*?)</section>', html, flags=re.S).group(1)
-    for number in ("24.5", "0.701", "0.006 (0.006)", "20.0", "0.457", "0.931", "0.522", "0.889"):
+    for number in ("24.5", "0.701", "0.006 (0.006)", "20.0", "0.457", "0.931", "0.522", "0.889", "0.918", "0.924"):
         assert number in autoencoder, number
+    assert "σ = 2.0 px" in visible_text(autoencoder)  # the texture entries say how they split colour from texture
     assert "montage" in {f.name for f in figures if f.section == "autoencoder"}
     # style transfer: the measures' headline numbers, the pair table and the style grid
     transfer = re.search(r'<section id="style-transfer">(.*?)</section>', html, flags=re.S).group(1)

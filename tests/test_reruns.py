@@ -96,6 +96,9 @@ def test_first_run_executes_every_stage_with_a_benchmark(done):
     assert 0 <= fidelity["restained_real_val_macro_dice"] <= 1
     assert set(fidelity["restained_real_per_slide"]) == set(fidelity["per_slide"])
     assert "restained like the synthetic ones" in html
+    # and the autoencoder ceiling, each decoder's reconstructions beside their texture on the original colour
+    assert set(fidelity["autoencoder"]["macro_dice"]) == {"original", "autoencoder", "layout_decoder",
+                                                          "autoencoder_texture", "layout_decoder_texture"}
 
 
 def test_nothing_changed_reruns_nothing(done):

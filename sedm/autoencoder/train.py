@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from sedm import __version__
 from sedm.atomic import atomic_path
-from sedm.models.autoencoder import (LayoutDecoder, PatchDiscriminator, build_autoencoder, count, image_gradient_l1,
+from sedm.models.autoencoder import (LayoutDecoder, PatchDiscriminator, build_autoencoder, count, reconstruction_loss,
                                     kl_divergence, layout_decoder_config)
 from sedm.autoencoder.outputs import LOG_COLUMNS, PROVENANCE, TRAIN_LOG
 from sedm.autoencoder.qa import QA_INDEX, write_qa
@@ -198,7 +198,7 @@ def train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: S
             posterior = vae.encode(image).latent_dist
             z = posterior.sample(generator=torch.Generator(device).manual_seed(sample_seed(seed, int(data["index"][0]))))
             rec = vae.decode(z).sample
-            loss_rec = (rec - image).abs().mean() + a["gradient_weight"] * image_gradient_l1(rec, image)
+            loss_rec = reconstruction_loss(rec, image, a)
             loss = loss_rec + a["kl_weight"] * kl_divergence(posterior)
             loss_layout = torch.zeros(())
             if decoder is not None:
@@ -209,7 +209,7 @@ def train(config: Mapping[str, Any], stores: Sequence[str | Path], unlabelled: S
                         z_l = vae.encode(restained(image, data["index"].tolist(), seed)).latent_dist.mode()
                 z_in = z_l + latent_noise(z_l, data["index"].tolist(), seed, a["latent_noise"])
                 out_l = decoder(z_in, layout, stain)
-                loss_layout = (out_l - image).abs().mean() + a["gradient_weight"] * image_gradient_l1(out_l, image)
+                loss_layout = reconstruction_loss(out_l, image, a)
                 loss = loss + loss_layout
                 if critic is not None and step >= a["adversarial_start"]:
                     loss = loss - a["adversarial_weight"] * critic(out_l, layout).mean()

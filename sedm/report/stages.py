@@ -138,6 +138,7 @@ def autoencoder_section(layout: ResultsLayout, figures: list[Figure]) -> dict:
     if ceiling:
         out["ceiling"] = {f"{k.replace('_', ' ')}": fmt(v) for k, v in ceiling["macro_dice"].items()}
         out["ceiling_tiles"] = ceiling["tiles"]
+        out["texture_sigma"] = ceiling.get("texture_sigma")
     return out
 
 

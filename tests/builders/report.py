@@ -118,7 +118,9 @@ def write_results(root: Path, class_name: str = "tumour") -> None:
         "stain_robust": {"arm": "stain_aug", "macro_dice": 0.6012, "real_val_macro_dice": 0.8123,
                          "restained_real_val_macro_dice": 0.7234},
         "autoencoder": {"tiles": 24, "slides": ["T1"],
-                        "macro_dice": {"original": 0.9311, "autoencoder": 0.5222, "layout_decoder": 0.8894}}}))
+                        "macro_dice": {"original": 0.9311, "autoencoder": 0.5222, "layout_decoder": 0.8894,
+                                       "autoencoder_texture": 0.9177, "layout_decoder_texture": 0.9244},
+                        "texture_sigma": 2.0}}))
     (root / "autoencoder").mkdir()
     block = {"crops": 64, "psnr": 24.51, "ssim": 0.7012, "od_error_abs": {"H": 0.0056, "E": 0.005, "D": 0.0035},
              "od_error_mean": {"H": -0.001, "E": 0.002, "D": 0.0}, "slide_od_spread": {"H": 0.006, "E": 0.0052, "D": 0.0035}}
